@@ -1,0 +1,212 @@
+"""The ``oodlab`` command."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from oodlab.errors import OodlabError
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _parse_ood_npy(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise OodlabError(f"--ood-npy takes NAME=PATH, got {v!r}")
+        if name in out:
+            raise OodlabError(f"--ood-npy name {name!r} given twice")
+        if not Path(path).is_file():
+            raise OodlabError(f"--ood-npy {name}: no such file {path}")
+        out[name] = path
+    return out
+
+
+def _parse_ints(value: str, what: str) -> list[int]:
+    try:
+        return [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise OodlabError(f"{what} takes comma-separated integers, got {value!r}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="oodlab")
+def cli() -> None:
+    """oodlab: out-of-distribution detection for image classifiers.
+
+    Scores say how in-distribution an input looks (higher = more in-distribution). `oodlab bench`
+    trains (or loads from its cache) a classifier per suite, fits the detectors on in-distribution
+    training data, tunes them on validation data only, and reports AUROC, AUPR-In/Out, FPR@95TPR,
+    detection error, FPR@80TPR and accuracy at a validation-chosen threshold.
+    """
+
+
+@cli.command()
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    metavar="NAME",
+    help="Suite to run (repeat or comma-separate); default: mnist-holdout0, fmnist-vs-mnist, "
+    "mnist-vs-fmnist. See `oodlab list suites`.",
+)
+@click.option(
+    "--detectors",
+    default="default",
+    show_default=True,
+    metavar="A,B|default|all",
+    help="Comma-separated detector names, 'default' (the logit detectors) or 'all'.",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
+)
+@click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed).")
+@click.option(
+    "--protocol",
+    type=click.Choice(["blind", "paper"]),
+    default="blind",
+    show_default=True,
+    help="blind: tune on ID validation + synthetic OOD validation; paper: tune on 500+500 images "
+    "cut from each test set (as the FSSD reference code; for comparison with papers only).",
+)
+@click.option(
+    "--ood-npy",
+    "ood_npy",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Add a .npy/.npz array of images (N×H×W or N×C×H×W, uint8 or float in [0,1]) as an OOD "
+    "test set named NAME. Repeatable.",
+)
+@click.option(
+    "--accept-rate",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Share of ID validation images the reported threshold accepts (ID acc. / OOD rej. columns).",
+)
+@click.option("--epochs", type=int, default=None, help="Override the suite's training epochs.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Folder for results.json, results.csv, results.md and models.json.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(
+    suites: tuple[str, ...],
+    detectors: str,
+    seed: int | None,
+    seeds: str | None,
+    protocol: str,
+    ood_npy: tuple[str, ...],
+    accept_rate: float,
+    epochs: int | None,
+    out_dir: Path,
+    quiet: bool,
+) -> None:
+    """Run detectors on benchmark suites and write the results.
+
+    Prints one table per suite (a row per detector × OOD test set) and writes results.json (a list
+    of rows: suite, seed, protocol, detector, ood, every metric as a fraction, the tuning and the
+    run's configuration), results.csv, results.md and models.json to --out.
+    """
+    from oodlab.bench import (
+        DEFAULT_SUITES,
+        BenchConfig,
+        resolve_detectors,
+        run_bench,
+        suite_table,
+        write_results,
+    )
+
+    suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
+    seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+    cfg = BenchConfig(
+        suites=suite_names,
+        detectors=resolve_detectors(detectors),
+        seeds=seed_list,
+        protocol=protocol,
+        accept_rate=accept_rate,
+        extra_ood=_parse_ood_npy(ood_npy),
+        epochs=epochs,
+    )
+    t0 = time.perf_counter()
+    rows, models = run_bench(cfg, progress=not quiet, log=_log)
+    for m in models:
+        group = [r for r in rows if r["suite"] == m["suite"] and r["seed"] == m["seed"]]
+        click.echo(
+            f"\n{m['suite']} (seed {m['seed']}, protocol {protocol}) — ID accuracy "
+            f"{100 * m['id_accuracy']:.2f}%, metrics in %"
+        )
+        click.echo(suite_table(group, fmt="simple"))
+    paths = write_results(out_dir, rows, models)
+    _log(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - t0:.0f} s")
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["detectors", "suites", "models", "datasets"]), default="detectors")
+def list_cmd(what: str) -> None:
+    """List registered detectors, suites, models or datasets."""
+    if what == "detectors":
+        from oodlab.detectors import get_detector_class, list_detectors
+
+        for n in list_detectors():
+            doc = (get_detector_class(n).__doc__ or "").strip().splitlines()[0]
+            click.echo(f"{n:24s} {doc}")
+    elif what == "suites":
+        from oodlab.bench import SUITES
+
+        for s in SUITES.values():
+            click.echo(f"{s.name:24s} {s.description}")
+    elif what == "models":
+        from oodlab.models import list_models
+
+        click.echo("\n".join(list_models()))
+    else:
+        from oodlab.data import list_datasets
+
+        click.echo("\n".join(list_datasets()))
+
+
+@cli.command()
+def data() -> None:
+    """Find, verify (sha256) and convert the offline datasets into the .npz cache."""
+    from oodlab.data import list_datasets, load_dataset
+
+    for name in list_datasets():
+        for split in ("train", "test"):
+            ds = load_dataset(name, split)
+            click.echo(f"{name:16s} {split:5s} {len(ds):6d} images of shape {ds.shape}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit status 1, without a traceback."""
+    try:
+        cli.main(args=argv, prog_name="oodlab", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except OodlabError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

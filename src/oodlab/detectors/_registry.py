@@ -1,0 +1,49 @@
+"""Detector registry: ``@register_detector("name")`` on a class; ``create_detector(name, **kw)``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from oodlab.errors import OodlabError
+
+if TYPE_CHECKING:
+    from oodlab.detectors.base import Detector
+
+D = TypeVar("D", bound="type[Detector]")
+_DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register_detector(name: str) -> Callable[[D], D]:
+    """Class decorator: register a :class:`Detector` subclass under ``name`` (sets ``cls.name``)."""
+
+    def deco(cls: D) -> D:
+        if name in _DETECTORS:
+            raise RuntimeError(f"detector {name!r} registered twice")
+        cls.name = name
+        _DETECTORS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_detector_class(name: str) -> type[Detector]:
+    """The class registered as ``name``; an error listing the known names otherwise."""
+    if name not in _DETECTORS:
+        raise OodlabError(f"unknown detector {name!r}; known detectors: {', '.join(list_detectors())}")
+    return _DETECTORS[name]
+
+
+def create_detector(name: str, **params: object) -> Detector:
+    """A new, unfitted detector ``name`` with hyperparameters ``params``."""
+    cls = get_detector_class(name)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise OodlabError(f"detector {name!r}: {e}") from None
+
+
+def list_detectors(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered detectors, optionally filtered by a glob ``pattern``."""
+    return [n for n in sorted(_DETECTORS) if pattern is None or fnmatch.fnmatch(n, pattern)]

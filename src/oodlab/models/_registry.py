@@ -1,0 +1,39 @@
+"""Model registry: ``@register_model("name")`` on a factory, ``create_model(name, **kw)``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from oodlab.errors import OodlabError
+
+if TYPE_CHECKING:
+    from oodlab.models.base import TappedModel
+
+_MODELS: dict[str, Callable[..., TappedModel]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., TappedModel]], Callable[..., TappedModel]]:
+    """Register a factory that builds a :class:`TappedModel` under ``name``."""
+
+    def deco(factory: Callable[..., TappedModel]) -> Callable[..., TappedModel]:
+        if name in _MODELS:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _MODELS[name] = factory
+        return factory
+
+    return deco
+
+
+def create_model(name: str, **kwargs: object) -> TappedModel:
+    """Build the registered model ``name`` with keyword arguments ``kwargs``."""
+    if name not in _MODELS:
+        raise OodlabError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _MODELS[name](**kwargs)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally filtered by a glob ``pattern``."""
+    names = sorted(_MODELS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
