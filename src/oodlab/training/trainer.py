@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from oodlab.data.imageset import ImageSet
+from oodlab.data.sources import cache_dir
 from oodlab.errors import OodlabError
 from oodlab.models import TappedModel, create_model
 from oodlab.training.checkpoint import load_checkpoint, save_checkpoint
@@ -164,9 +165,7 @@ def fit_or_load(
         The model in eval mode and the checkpoint's metadata (recipe, data hash, statistics,
         ``"cached": True`` when it was loaded).
     """
-    directory = checkpoint_dir or (
-        Path(os.environ.get("OODLAB_CACHE", Path.home() / ".cache" / "oodlab")) / "models"
-    )
+    directory = checkpoint_dir or (cache_dir() / "models")
     key = cfg.key(data.fingerprint)
     path = directory / f"{cfg.model}-{key}.safetensors"
     if path.exists():
