@@ -94,7 +94,7 @@ def extract(
     images: ImageSet | Tensor,
     taps: Iterable[str] = (),
     *,
-    batch_size: int = 500,
+    batch_size: int = 256,
 ) -> Outputs:
     """One forward pass of ``model`` (in eval mode) over ``images``.
 

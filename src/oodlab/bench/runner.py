@@ -95,8 +95,9 @@ def run_suite(
     how = "loaded from cache" if meta["cached"] else "trained"
     log(f"[{suite_name} seed {seed}] model {how}: {meta['path']}")
     detectors = [create_detector(n) for n in cfg.detectors]
-    # One forward pass per image set, with every tap any gradient-free detector reads.
-    taps = sorted({t for d in detectors if "input_grad" not in d.needs for t in d.required_taps(model)})
+    # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
+    # on the training set's taps too).
+    taps = sorted({t for d in detectors for t in d.required_taps(model)})
     sets = [data.id_train, data.id_test, *data.ood_tests.values()]
     sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
     for s in sets:

@@ -142,6 +142,7 @@ def train(cfg: TrainConfig, data: ImageSet, *, progress: bool = True) -> tuple[T
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
         losses.append(running / steps_per_epoch)
+    opt.zero_grad(set_to_none=True)
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     stats = {

@@ -1,0 +1,181 @@
+"""Invariants every registered detector keeps, discovered from the registry.
+
+A detector added later is covered here without editing this file. Detectors may declare
+``quick_params`` (for example a small tuning grid) to keep these tests fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oodlab import NotFittedError, OodlabError
+from oodlab.detectors import Detector, create_detector, get_detector_class, list_detectors, load_detector
+from oodlab.features import extract
+from oodlab.metrics import auroc
+
+DETECTORS = list_detectors()
+
+
+def make(name: str) -> Detector:
+    return create_detector(name, **get_detector_class(name).quick_params)
+
+
+def fitted(name: str, setup: dict) -> Detector:
+    return make(name).fit(setup["model"], setup["id_train"], id_val=setup["id_val"], ood_val=setup["ood_val"])
+
+
+@pytest.fixture(scope="module")
+def fitted_detectors(tiny_setup: dict) -> dict[str, Detector]:
+    return {name: fitted(name, tiny_setup) for name in DETECTORS}
+
+
+def test_registry_is_not_empty() -> None:
+    assert {"msp", "energy", "maxlogit", "entropy", "misp", "temperature"} <= set(DETECTORS)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_fit_returns_self(name: str, tiny_setup: dict) -> None:
+    det = make(name)
+    s = tiny_setup
+    assert det.fit(s["model"], s["id_train"], id_val=s["id_val"], ood_val=s["ood_val"]) is det
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_unfitted_use_raises(name: str, tiny_setup: dict) -> None:
+    det = make(name)
+    x = tiny_setup["id_test"].tensor(0, 4)
+    with pytest.raises(NotFittedError, match=name):
+        det.score(x)
+    with pytest.raises(NotFittedError):
+        det.tuning()
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_scores_are_one_finite_float_per_input(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    x = tiny_setup["id_test"].tensor(0, 17)
+    s = fitted_detectors[name].score(x)
+    assert s.shape == (17,)
+    assert s.dtype == torch.float64
+    assert torch.isfinite(s).all()
+    assert not s.requires_grad
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_batch_size_does_not_change_scores(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    det = fitted_detectors[name]
+    x = tiny_setup["id_test"].tensor(0, 23)
+    old = det.batch_size
+    try:
+        det.batch_size = 1000
+        whole = det.score(x)
+        det.batch_size = 5
+        mini = det.score(x)
+    finally:
+        det.batch_size = old
+    one_by_one = torch.cat([det.score(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(mini, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one_by_one, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_shuffling_inputs_shuffles_scores(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    det = fitted_detectors[name]
+    x = tiny_setup["id_test"].tensor(0, 30)
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(det.score(x[perm]), det.score(x)[perm], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_seeded_fits_give_identical_scores(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    x = tiny_setup["id_test"].tensor(0, 20)
+    again = fitted(name, tiny_setup)
+    assert torch.equal(again.score(x), fitted_detectors[name].score(x))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fit_leaves_model_unchanged(name: str, mode: str, tiny_setup: dict) -> None:
+    model = tiny_setup["model"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train(mode == "train")
+    try:
+        det = fitted(name, tiny_setup)
+        det.score(tiny_setup["id_test"].tensor(0, 8))
+        assert model.training == (mode == "train")
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_separates_an_easy_case(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    """AUROC with ID positive above 0.9: catches a flipped score sign."""
+    det = fitted_detectors[name]
+    s_id = det.score(tiny_setup["id_test"].tensor())
+    s_ood = det.score(tiny_setup["ood_test"].tensor())
+    assert auroc(s_id, s_ood) > 0.9
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_save_and_reload_give_identical_scores(name: str, fitted_detectors: dict, tiny_setup: dict, tmp_path) -> None:
+    det = fitted_detectors[name]
+    det.save(tmp_path / name)
+    again = load_detector(tmp_path / name, tiny_setup["model"])
+    assert type(again) is type(det)
+    assert again.get_params() == det.get_params()
+    x = tiny_setup["id_test"].tensor(0, 16)
+    assert torch.equal(again.score(x), det.score(x))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_wrong_input_shape_is_a_clear_error(name: str, fitted_detectors: dict) -> None:
+    det = fitted_detectors[name]
+    for bad in (torch.rand(4, 3, 12, 12), torch.rand(4, 1, 20, 20), torch.rand(4, 12, 12)):
+        with pytest.raises(OodlabError, match="expected"):
+            det.score(bad)
+    with pytest.raises(OodlabError):
+        det.score([[0.0]])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_shared_forward_pass_matches_raw_scoring(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    det = fitted_detectors[name]
+    images = tiny_setup["id_test"]
+    if "input_grad" in det.needs:
+        with pytest.raises(OodlabError, match="gradient"):
+            det.score_outputs(extract(tiny_setup["model"], images))
+        return
+    out = extract(tiny_setup["model"], images, det.required_taps(tiny_setup["model"]))
+    torch.testing.assert_close(det.score_outputs(out), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(det.score_set(images), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_params_round_trip(name: str) -> None:
+    det = make(name)
+    params = det.get_params()
+    assert create_detector(name, **params).get_params() == params
+    assert det.__doc__ and "References" in det.__doc__ or det.__doc__
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS if get_detector_class(n).tunes])
+def test_tuned_detectors_need_validation_data(name: str, tiny_setup: dict) -> None:
+    with pytest.raises(OodlabError, match=name):
+        make(name).fit(tiny_setup["model"], tiny_setup["id_train"])
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS if get_detector_class(n).tunes])
+def test_tuned_detectors_report_their_choice(name: str, fitted_detectors: dict) -> None:
+    tuning = fitted_detectors[name].tuning()
+    assert tuning["chosen"], "a tuned detector reports what it chose"
+    assert tuning["id_val"] == "patterns" and tuning["ood_val"] == "dark-val"
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_empty_training_set_is_a_clear_error(name: str, tiny_setup: dict) -> None:
+    empty = tiny_setup["id_train"].subset(slice(0, 0))
+    with pytest.raises(OodlabError, match="empty"):
+        make(name).fit(tiny_setup["model"], empty, id_val=tiny_setup["id_val"], ood_val=tiny_setup["ood_val"])
