@@ -34,7 +34,9 @@ def dark_images(n: int, seed: int, name: str = "dark") -> ImageSet:
 def tiny_setup() -> dict[str, object]:
     """A LeNet trained for a second on 600 pattern images, with ID/OOD train, val and test sets."""
     torch.manual_seed(0)
-    cfg = TrainConfig(model="lenet", optimizer="adam", lr=1e-3, schedule="none", epochs=2, batch_size=32, seed=0)
+    cfg = TrainConfig(
+        model="lenet", optimizer="adam", lr=1e-3, schedule="none", epochs=2, batch_size=32, seed=0
+    )
     id_train = pattern_images(600, seed=0)
     model, _ = train(cfg, id_train, progress=False)
     return {

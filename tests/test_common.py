@@ -120,7 +120,9 @@ def test_separates_an_easy_case(name: str, fitted_detectors: dict, tiny_setup: d
 
 
 @pytest.mark.parametrize("name", DETECTORS)
-def test_save_and_reload_give_identical_scores(name: str, fitted_detectors: dict, tiny_setup: dict, tmp_path) -> None:
+def test_save_and_reload_give_identical_scores(
+    name: str, fitted_detectors: dict, tiny_setup: dict, tmp_path
+) -> None:
     det = fitted_detectors[name]
     det.save(tmp_path / name)
     again = load_detector(tmp_path / name, tiny_setup["model"])

@@ -26,6 +26,19 @@ def log_softmax64(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.log_softmax(logits.to(torch.float64) / temperature, dim=1)
 
 
+def log_max_softmax(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log max_i softmax(logits / T)_i`` in float64, exact for any logit margin.
+
+    Computed as ``−log1p(Σ_{i≠argmax} exp(z_i − z_max))``: ``log_softmax`` alone returns exactly
+    0 once the margin exceeds about 37 (``z_max − logsumexp z`` rounds to 0 in float64), which
+    would tie the most confident inputs.
+    """
+    z = logits.to(torch.float64) / temperature
+    top = z.max(dim=1, keepdim=True)
+    rest = torch.exp(z - top.values).scatter(1, top.indices, 0.0)
+    return -torch.log1p(rest.sum(dim=1))
+
+
 @register_detector("msp")
 class MSP(Detector):
     """Maximum softmax probability.
@@ -49,7 +62,7 @@ class MSP(Detector):
         pass
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        return log_softmax64(out.logits).max(dim=1).values
+        return log_max_softmax(out.logits)
 
 
 @register_detector("temperature")
@@ -105,7 +118,7 @@ class TemperatureScaling(Detector):
 
     @staticmethod
     def _msp(logits: Tensor, t: float) -> Tensor:
-        return log_softmax64(logits, t).max(dim=1).values
+        return log_max_softmax(logits, t)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return self._msp(out.logits, self.temperature_)

@@ -1,0 +1,76 @@
+"""The shared forward pass: taps, reducers, the in-memory outputs cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oodlab import OodlabError
+from oodlab.features import Outputs, OutputsCache, extract, model_fingerprint, parse_tap
+
+
+def test_extract_returns_logits_and_requested_taps(tiny_setup: dict) -> None:
+    model, images = tiny_setup["model"], tiny_setup["id_test"]
+    out = extract(model, images, ["conv1", "conv2@mean", "penultimate"], batch_size=64)
+    assert out.logits.shape == (len(images), 3)
+    assert out.tap("conv1").shape == (len(images), 32, 10, 10)
+    assert out.tap("conv2@mean").shape == (len(images), 64)
+    assert out.tap("penultimate").shape == (len(images), 128)
+    torch.testing.assert_close(
+        out.tap("conv2@mean"), extract(model, images, ["conv2"]).tap("conv2").mean((2, 3))
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(images.tensor()), rtol=1e-5, atol=1e-6)
+    assert out.tap("logits") is out.logits
+
+
+def test_extract_restores_training_mode(tiny_setup: dict) -> None:
+    model = tiny_setup["model"]
+    model.train()
+    try:
+        extract(model, tiny_setup["id_test"])
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_missing_tap_and_bad_reducer_are_clear_errors(tiny_setup: dict) -> None:
+    with pytest.raises(OodlabError, match="no tap fc9"):
+        extract(tiny_setup["model"], tiny_setup["id_test"], ["fc9"])
+    with pytest.raises(OodlabError, match="reducer"):
+        parse_tap("conv1@max")
+    with pytest.raises(OodlabError, match="was not computed"):
+        Outputs(torch.zeros(2, 3)).tap("conv1")
+
+
+def test_cache_runs_the_model_once_per_dataset(tiny_setup: dict) -> None:
+    cache = OutputsCache()
+    model, images = tiny_setup["model"], tiny_setup["id_test"]
+    a = cache.get(model, images, ["penultimate"])
+    b = cache.get(model, images)  # a subset of the taps: no new pass
+    assert cache.forward_passes == 1 and a is b
+    cache.get(model, images, ["conv1@mean"])  # a new tap: one pass with the union
+    c = cache.get(model, images, ["penultimate", "conv1@mean"])
+    assert cache.forward_passes == 2 and set(c.taps) == {"penultimate", "conv1@mean"}
+
+
+def test_cache_is_keyed_by_model_content(tiny_setup: dict) -> None:
+    import copy
+
+    cache = OutputsCache()
+    model, images = tiny_setup["model"], tiny_setup["id_test"]
+    other = copy.deepcopy(model)
+    assert model_fingerprint(other) == model_fingerprint(model)
+    with torch.no_grad():
+        other.head.bias += 1.0
+    assert model_fingerprint(other) != model_fingerprint(model)
+    cache.get(model, images)
+    out = cache.get(other, images)
+    assert cache.forward_passes == 2
+    torch.testing.assert_close(out.logits, cache.get(model, images).logits + 1.0)
+
+
+def test_outputs_subset(tiny_setup: dict) -> None:
+    out = extract(tiny_setup["model"], tiny_setup["id_test"], ["penultimate"])
+    sub = out.subset(slice(2, 5))
+    assert len(sub) == 3 and torch.equal(sub.tap("penultimate"), out.tap("penultimate")[2:5])
