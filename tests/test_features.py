@@ -74,3 +74,32 @@ def test_outputs_subset(tiny_setup: dict) -> None:
     out = extract(tiny_setup["model"], tiny_setup["id_test"], ["penultimate"])
     sub = out.subset(slice(2, 5))
     assert len(sub) == 3 and torch.equal(sub.tap("penultimate"), out.tap("penultimate")[2:5])
+
+
+def test_disk_cache_is_reused_across_processes_and_keyed_by_content(tiny_setup: dict, tmp_path) -> None:
+    model, images = tiny_setup["model"], tiny_setup["id_test"]
+    first = OutputsCache(disk_dir=tmp_path)
+    a = first.get(model, images, ["penultimate", "conv1"])
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and first.forward_passes == 1
+    second = OutputsCache(disk_dir=tmp_path)  # a new process, in effect
+    b = second.get(model, images, ["penultimate"])
+    assert second.forward_passes == 0 and second.disk_hits == 1
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.tap("penultimate"), b.tap("penultimate"))
+    assert "conv1" not in b.taps  # full conv maps are not written to disk
+    other = images.subset(slice(0, 10))
+    second.get(model, other)
+    assert second.forward_passes == 1  # other images: another entry
+    files[0].write_bytes(b"damaged")
+    third = OutputsCache(disk_dir=tmp_path)
+    torch.testing.assert_close(third.get(model, images).logits, a.logits)
+    assert third.forward_passes == 1  # a damaged entry is recomputed, not trusted
+
+
+def test_using_cache_swaps_the_process_cache(tiny_setup: dict) -> None:
+    from oodlab import features
+
+    mine = OutputsCache()
+    with features.using_cache(mine):
+        features.outputs(tiny_setup["model"], tiny_setup["id_test"])
+    assert mine.forward_passes == 1 and features.default_cache is not mine

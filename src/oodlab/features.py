@@ -10,12 +10,18 @@ full map is never stored. ``"logits"`` is accepted as a tap name and means the l
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from oodlab.data.imageset import ImageSet
@@ -139,37 +145,83 @@ def extract(
 
 
 class OutputsCache:
-    """In-memory memo of `Outputs` keyed by (model content, image-set content).
+    """Memo of `Outputs` keyed by (model content, image-set content), in memory and optionally on disk.
 
     Asking again for a subset of the taps already computed costs nothing; asking for new taps
     recomputes once with the union, so callers that know every tap up front (the bench runner)
     pay exactly one forward pass per dataset.
+
+    With ``disk_dir``, outputs are also written there as safetensors files named by the model's
+    and the images' content hashes, so a later process reuses them; a changed model or dataset
+    has another hash and is never served stale outputs. Taps of more than ``max_disk_dims``
+    dimensions (full conv maps) are kept in memory only: they are large and cheap to recompute
+    relative to their size on disk.
     """
 
-    def __init__(self, max_entries: int = 32) -> None:
+    def __init__(self, max_entries: int = 32, disk_dir: Path | None = None, max_disk_dims: int = 2) -> None:
         self.max_entries = max_entries
+        self.disk_dir = disk_dir
+        self.max_disk_dims = max_disk_dims
         self._store: OrderedDict[tuple[str, str], Outputs] = OrderedDict()
         self.forward_passes = 0
+        self.disk_hits = 0
 
     def get(self, model: nn.Module, images: ImageSet, taps: Iterable[str] = ()) -> Outputs:
         """Outputs of ``model`` on ``images`` with at least the taps ``taps``."""
         wanted = set(taps) - {LOGITS}
         key = (model_fingerprint(model), images.fingerprint)
         cached = self._store.get(key)
+        if cached is None and self.disk_dir is not None:
+            cached = self._load(key)
         if cached is not None and wanted <= set(cached.taps):
-            self._store.move_to_end(key)
+            self._remember(key, cached)
             return cached
         union = wanted | (set(cached.taps) if cached is not None else set())
         out = extract(model, images, union)
         self.forward_passes += 1
+        self._remember(key, out)
+        if self.disk_dir is not None:
+            self._save(key, out)
+        return out
+
+    def _remember(self, key: tuple[str, str], out: Outputs) -> None:
         self._store[key] = out
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries:
             self._store.popitem(last=False)
-        return out
+
+    def _path(self, key: tuple[str, str]) -> Path:
+        assert self.disk_dir is not None
+        return self.disk_dir / f"{key[0]}-{key[1]}.safetensors"
+
+    def _load(self, key: tuple[str, str]) -> Outputs | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            arrays = load_file(str(path))
+        except (OSError, SafetensorError, ValueError):
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
+            return None
+        self.disk_hits += 1
+        logits = arrays.pop(LOGITS)
+        return Outputs(logits, arrays)
+
+    def _save(self, key: tuple[str, str], out: Outputs) -> None:
+        small = {k: v.contiguous() for k, v in out.taps.items() if v.ndim <= self.max_disk_dims}
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({LOGITS: out.logits.contiguous(), **small}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def clear(self) -> None:
-        """Forget every cached output."""
+        """Forget every output held in memory (files on disk stay)."""
         self._store.clear()
 
 
@@ -180,3 +232,14 @@ default_cache = OutputsCache()
 def outputs(model: nn.Module, images: ImageSet, taps: Iterable[str] = ()) -> Outputs:
     """Cached :func:`extract` through :data:`default_cache`."""
     return default_cache.get(model, images, taps)
+
+
+@contextmanager
+def using_cache(cache: OutputsCache) -> Iterator[OutputsCache]:
+    """Make ``cache`` the one :func:`outputs` uses inside the ``with`` block."""
+    global default_cache
+    previous, default_cache = default_cache, cache
+    try:
+        yield cache
+    finally:
+        default_cache = previous
