@@ -1,0 +1,325 @@
+"""Speed benchmark: what each detector costs relative to one plain forward pass.
+
+Every figure is a ratio to the plain forward throughput measured in the same run, so it holds
+on any machine. Run from the repository root:
+
+    .venv/bin/python benchmarks/speed.py                      # LeNet on fmnist-vs-mnist + small ResNet
+    .venv/bin/python benchmarks/speed.py --skip-resnet --out /tmp/speed.md
+
+Measured (see README.md "Speed"):
+
+- plain forward throughput over the 20k test images of fmnist-vs-mnist (10k ID + 10k MNIST);
+- per detector: fit time (its own pass over the training set included), scoring throughput
+  alone (its own forward pass included), and that throughput as a ratio to the plain forward;
+- all gradient-free detectors together from one shared pass, as a multiple of one forward pass;
+- the same detectors each with its own forward passes (the naive path, kept only here): the
+  speed-up of the shared path;
+- fitting every feature-based detector together, as a multiple of one pass over the training set;
+- ODIN's (T, ε) tuning: backward and forward passes over the validation set, counted;
+- peak resident memory of fitting `knn` and `mahalanobis` on the training set (own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from oodlab import features
+from oodlab.bench import build_suite, get_suite
+from oodlab.data import ImageSet
+from oodlab.detectors import create_detector, list_detectors
+from oodlab.detectors.base import Detector
+from oodlab.features import OutputsCache, extract
+from oodlab.models import create_model
+from oodlab.training import fit_or_load
+
+#: Fixed hyperparameters for throughput (tuning cost is measured separately).
+FIXED = {
+    "odin": {"temperature": 1000.0, "noise": 0.0014},
+    "temperature": {"temperature": 1000.0},
+    "mahalanobis": {"noise": 0.0},
+    "mahalanobis-ensemble": {"noise": 0.0},
+    "fssd": {"perturbation": 0.0},
+    "fssd-ensemble": {"perturbation": 0.0},
+}
+FIXED_GRADIENT = {"mahalanobis": {"noise": 0.0014}}
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def concat(name: str, *sets: ImageSet) -> ImageSet:
+    xs = [s.x.astype(np.float32) / 255.0 if s.x.dtype == np.uint8 else s.x for s in sets]
+    return ImageSet(name, np.concatenate(xs).astype(np.float32))
+
+
+def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
+    return create_detector(name, **(params if params is not None else FIXED.get(name, {})))
+
+
+def fit(det: Detector, model: torch.nn.Module, data: Any) -> Detector:
+    return det.fit(model, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
+
+
+def measure_model(label: str, model: torch.nn.Module, data: Any, names: list[str]) -> dict[str, Any]:
+    """All figures for one model."""
+    test = concat(
+        "test20k", data.id_test, *(s for k, s in data.ood_tests.items() if k not in ("gaussian", "uniform"))
+    )
+    extract(model, test.subset(slice(0, 512)))  # warm-up
+    _, t_fwd = timed(lambda: extract(model, test))
+    _, t_fwd_train = timed(lambda: extract(model, data.id_train))
+    fwd_ips = len(test) / t_fwd
+    print(f"[{label}] plain forward: {fwd_ips:.0f} images/s ({len(test)} images, {t_fwd:.2f} s)", flush=True)
+    rows, fitted = [], {}
+    for name in names:
+        with features.using_cache(OutputsCache()):  # every detector pays for its own passes
+            det, t_fit = timed(lambda: fit(make_detector(name), model, data))  # noqa: B023
+            grad = "input_grad" in det.needs
+            _, t_score = timed(lambda: det.score(test.tensor()) if grad else det.score_set(test))  # noqa: B023
+        fitted[name] = det
+        ips = len(test) / t_score
+        rows.append(
+            {
+                "model": label,
+                "detector": name,
+                "gradient": grad,
+                "fit_s": t_fit,
+                "score_ips": ips,
+                "ratio_to_forward": ips / fwd_ips,
+            }
+        )
+        print(
+            f"[{label}] {name}: fit {t_fit:.2f} s, score {ips:.0f} images/s ({ips / fwd_ips:.2f}x forward)",
+            flush=True,
+        )
+    free = [n for n in names if "input_grad" not in fitted[n].needs]
+    # Shared path: one pass with every tap, then every detector reads it.
+    with features.using_cache(OutputsCache()) as cache:
+        taps = sorted({t for n in free for t in fitted[n].required_taps(model)})
+        _, t_shared = timed(
+            lambda: [cache.get(model, test, taps)] + [fitted[n].score_set(test) for n in free]
+        )
+    # Naive path: each detector runs its own forward pass on the raw images.
+    with features.using_cache(OutputsCache(max_entries=0)):
+        _, t_naive = timed(lambda: [fitted[n].score(test.tensor()) for n in free])
+    # Fitting every gradient-free detector together on one shared pass over the training set.
+    with features.using_cache(OutputsCache()) as cache:
+        _, t_fit_all = timed(
+            lambda: (
+                [cache.get(model, data.id_train, taps)] + [fit(make_detector(n), model, data) for n in free]
+            )
+        )
+    summary = {
+        "model": label,
+        "forward_ips": fwd_ips,
+        "n_test": len(test),
+        "n_train": len(data.id_train),
+        "shared_all_free_x_forward": t_shared / t_fwd,
+        "naive_over_shared": t_naive / t_shared,
+        "fit_all_free_x_train_forward": t_fit_all / t_fwd_train,
+        "gradient_free": free,
+    }
+    print(
+        f"[{label}] all {len(free)} gradient-free, shared pass: {t_shared / t_fwd:.2f}x one forward; "
+        f"naive/shared {t_naive / t_shared:.1f}x; fitting them all: {t_fit_all / t_fwd_train:.2f}x one "
+        "training pass",
+        flush=True,
+    )
+    return {"rows": rows, "summary": summary}
+
+
+def odin_tuning_passes(model: torch.nn.Module, data: Any) -> dict[str, float]:
+    """Count forward and backward passes (in units of the validation set) of ODIN's full tuning."""
+    counts = {"grad_images": 0, "forward_images": 0}
+
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        key = "grad_images" if torch.is_grad_enabled() and x.requires_grad else "forward_images"
+        counts[key] += len(x)
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        det, t = timed(
+            lambda: create_detector("odin").fit(
+                model, data.id_train, id_val=data.id_val, ood_val=data.ood_val
+            )
+        )
+    finally:
+        handle.remove()
+    n_val = len(data.id_val) + len(data.ood_val)
+    n_t, n_eps = len(det.temperatures), len(det.noises)
+    return {
+        "seconds": t,
+        "n_val": n_val,
+        "temperatures": n_t,
+        "noises": n_eps,
+        "backward_passes": counts["grad_images"] / n_val,
+        "forward_passes": counts["forward_images"] / n_val,
+        "chosen": det.tuning()["chosen"],
+    }
+
+
+def _peak_child(name: str, suite: str, epochs: int | None, queue: Any) -> None:
+    data, model = load(suite, epochs)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    det, t = timed(lambda: fit(make_detector(name), model, data))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({"detector": name, "fit_s": t, "peak_rss_mib": peak / 1024, "before_fit_rss_mib": base / 1024})
+
+
+def peak_memory(name: str, suite: str, epochs: int | None) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_peak_child, args=(name, suite, epochs, queue))
+    p.start()
+    result = queue.get()
+    p.join()
+    return result
+
+
+def load(suite_name: str, epochs: int | None) -> tuple[Any, torch.nn.Module]:
+    suite = get_suite(suite_name)
+    if epochs is not None:
+        suite = dataclasses.replace(suite, train=dataclasses.replace(suite.train, epochs=epochs))
+    data = build_suite(suite, seed=0)
+    model, _ = fit_or_load(suite.train, data.id_train, progress=False)
+    return data, model
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", default="fmnist-vs-mnist")
+    ap.add_argument("--epochs", type=int, default=None, help="override the suite's epochs (uses the cache)")
+    ap.add_argument("--detectors", default="all")
+    ap.add_argument("--resnet-width", type=float, default=0.25)
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.md"))
+    args = ap.parse_args(argv)
+    names = list_detectors() if args.detectors == "all" else args.detectors.split(",")
+    data, lenet = load(args.suite, args.epochs)
+    results = [measure_model("lenet", lenet, data, names)]
+    if not args.skip_resnet:
+        torch.manual_seed(0)
+        # Untrained weights: throughput does not depend on them (stated in the report).
+        resnet = create_model("resnet18", num_classes=10, in_channels=1, width=args.resnet_width).eval()
+        small = dataclasses.replace(data, id_train=data.id_train.subset(slice(0, 10000)))
+        results.append(measure_model(f"resnet18-w{args.resnet_width}", resnet, small, names))
+    odin = odin_tuning_passes(lenet, data) if "odin" in names else None
+    memory = [peak_memory(n, args.suite, args.epochs) for n in ("knn", "mahalanobis") if n in names]
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpus": mp.cpu_count(),
+    }
+    write_report(args.out, results, odin, memory, env, args)
+
+
+def write_report(
+    out: Path,
+    results: list[dict[str, Any]],
+    odin: dict[str, Any] | None,
+    memory: list[dict[str, Any]],
+    env: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    lines = [
+        "# Speed benchmark",
+        "",
+        f"`{' '.join(sys.argv)}` on {env['cpus']} CPU cores "
+        f"({env['machine']}, torch {env['torch']}, {env['threads']} threads).",
+        "",
+    ]
+    for res in results:
+        s = res["summary"]
+        lines += [
+            f"## {s['model']}",
+            "",
+            f"Plain forward: **{s['forward_ips']:.0f} images/s** over {s['n_test']} test images; "
+            f"training set {s['n_train']} images.",
+            "",
+        ]
+        table = [
+            [
+                r["detector"],
+                "yes" if r["gradient"] else "",
+                f"{r['fit_s']:.2f}",
+                f"{r['score_ips']:.0f}",
+                f"{r['ratio_to_forward']:.2f}",
+            ]
+            for r in res["rows"]
+        ]
+        lines += [
+            tabulate(
+                table, headers=["detector", "grad", "fit s", "score images/s", "× forward"], tablefmt="github"
+            ),
+            "",
+        ]
+        lines += [
+            f"- all {len(s['gradient_free'])} gradient-free detectors from one shared pass: "
+            f"**{s['shared_all_free_x_forward']:.2f}×** one forward pass",
+            f"- the same detectors each with its own forward passes take **{s['naive_over_shared']:.1f}×** "
+            "as long as the shared path",
+            f"- fitting all of them together: **{s['fit_all_free_x_train_forward']:.2f}×** one forward "
+            "pass over the training set",
+            "",
+        ]
+    if odin:
+        lines += [
+            "## ODIN tuning",
+            "",
+            f"{odin['temperatures']} temperatures × {odin['noises']} perturbation sizes on "
+            f"{odin['n_val']} validation images: **{odin['backward_passes']:.1f} backward passes** and "
+            f"{odin['forward_passes']:.1f} forward-only passes over the validation set, "
+            f"{odin['seconds']:.1f} s; chose {odin['chosen']}.",
+            "",
+        ]
+    if memory:
+        lines += [
+            "## Peak memory of fitting (own process, resident set)",
+            "",
+            tabulate(
+                [
+                    [
+                        m["detector"],
+                        f"{m['before_fit_rss_mib']:.0f}",
+                        f"{m['peak_rss_mib']:.0f}",
+                        f"{m['fit_s']:.1f}",
+                    ]
+                    for m in memory
+                ],
+                headers=["detector", "RSS before fit MiB", "peak RSS MiB", "fit s"],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"results": results, "odin": odin, "memory": memory, "environment": env}, indent=1, default=str
+        )
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
