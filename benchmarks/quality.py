@@ -1,0 +1,172 @@
+"""Quality benchmark: every detector on the three suites, both tuning protocols, several seeds.
+
+Runs ``oodlab bench`` once per (suite, protocol) — models are trained once per seed and cached,
+so the second protocol reuses them — then writes mean ± std tables (over seeds) and the gap
+between each detector's blind figure and its paper-protocol figure. From the repository root:
+
+    .venv/bin/python benchmarks/quality.py      # 3 suites × 2 protocols × seeds 0,1,2
+    .venv/bin/python benchmarks/quality.py --suites fmnist-vs-mnist --seeds 0 --protocols blind
+    .venv/bin/python benchmarks/quality.py --aggregate-only              # re-tabulate saved runs
+
+Output: ``benchmarks/results/quality.md`` (and the raw runs under ``benchmarks/results/quality/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+SUITES = ("fmnist-vs-mnist", "mnist-holdout0", "mnist-vs-fmnist")
+PROTOCOLS = ("blind", "paper")
+#: The OOD set each suite is judged on (the real-image one; noise sets are easy for every detector).
+MAIN_OOD = {"fmnist-vs-mnist": "mnist", "mnist-holdout0": "mnist-0", "mnist-vs-fmnist": "fashion_mnist"}
+
+
+def run_dir(root: Path, suite: str, protocol: str) -> Path:
+    return root / f"{suite}-{protocol}"
+
+
+def run(root: Path, suite: str, protocol: str, seeds: str, detectors: str) -> float:
+    out = run_dir(root, suite, protocol)
+    cmd = [
+        sys.executable,
+        "-m",
+        "oodlab.cli",
+        "bench",
+        "--suite",
+        suite,
+        "--protocol",
+        protocol,
+        "--seeds",
+        seeds,
+        "--detectors",
+        detectors,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def mean_std(values: list[float]) -> str:
+    a = 100 * np.asarray(values)
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, list[float]]]:
+    groups: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        g = groups[(r["suite"], r["protocol"], r["detector"], r["ood"])]
+        for m in ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_error", "id_accuracy"):
+            g[m].append(r[m])
+        g["seed"].append(r["seed"])
+        g["fit_seconds"].append(r.get("fit_seconds", float("nan")))
+    return groups
+
+
+def tables(rows: list[dict[str, Any]]) -> str:
+    groups = aggregate(rows)
+    lines = [
+        "# Quality benchmark",
+        "",
+        "AUROC and FPR@95 in percent, mean ± std over the seeds listed; ID positive. `blind` tunes on ID "
+        "validation + synthetic OOD validation only; `paper` tunes on 500 + 500 images cut from each "
+        "test set (FSSD reference protocol, for comparison with published tables).",
+        "",
+    ]
+    suites = sorted({k[0] for k in groups}, key=lambda s: SUITES.index(s) if s in SUITES else 99)
+    for suite in suites:
+        keys = [k for k in groups if k[0] == suite]
+        oods = sorted({k[3] for k in keys}, key=lambda o: (o != MAIN_OOD.get(suite), o))
+        detectors = sorted({k[2] for k in keys})
+        protocols = [p for p in PROTOCOLS if any(k[1] == p for k in keys)]
+        acc = [v for k, g in groups.items() if k[0] == suite for v in g["id_accuracy"]]
+        seeds = sorted({s for k, g in groups.items() if k[0] == suite for s in g["seed"]})
+        lines += [
+            f"## {suite}",
+            "",
+            f"Seeds {seeds}; model ID test accuracy {mean_std(sorted(set(acc)))}%.",
+            "",
+        ]
+        header = ["detector"] + [
+            f"{p} {o} {m}" for o in oods[:1] for p in protocols for m in ("AUROC", "FPR@95")
+        ]
+        header += [f"blind {o} AUROC" for o in oods[1:]]
+        body = []
+        for d in detectors:
+            row = [d]
+            for o in oods[:1]:
+                for p in protocols:
+                    g = groups.get((suite, p, d, o))
+                    row += [mean_std(g["auroc"]), mean_std(g["fpr95"])] if g else ["", ""]
+            for o in oods[1:]:
+                g = groups.get((suite, "blind", d, o))
+                row.append(mean_std(g["auroc"]) if g else "")
+            body.append(row)
+        lines += [tabulate(body, headers=header, tablefmt="github"), ""]
+        if set(protocols) == set(PROTOCOLS):
+            main = oods[0]
+            gaps = []
+            for d in detectors:
+                b, p = groups.get((suite, "blind", d, main)), groups.get((suite, "paper", d, main))
+                if b and p:
+                    gaps.append(
+                        [
+                            d,
+                            f"{100 * (np.mean(b['auroc']) - np.mean(p['auroc'])):+.2f}",
+                            f"{100 * (np.mean(b['fpr95']) - np.mean(p['fpr95'])):+.2f}",
+                        ]
+                    )
+            lines += [
+                f"Blind minus paper on `{main}` (AUROC, FPR@95 in points):",
+                "",
+                tabulate(gaps, headers=["detector", "ΔAUROC", "ΔFPR@95"], tablefmt="github"),
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suites", default=",".join(SUITES))
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--detectors", default="all")
+    ap.add_argument("--root", type=Path, default=Path("benchmarks/results/quality"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.md"))
+    ap.add_argument("--aggregate-only", action="store_true")
+    args = ap.parse_args(argv)
+    walls = {}
+    if not args.aggregate_only:
+        for suite in args.suites.split(","):
+            for protocol in args.protocols.split(","):
+                walls[f"{suite}/{protocol}"] = run(args.root, suite, protocol, args.seeds, args.detectors)
+    rows = []
+    for path in sorted(args.root.glob("*/results.json")):
+        rows += json.loads(path.read_text())
+    text = tables(rows)
+    if walls:
+        text += (
+            "\nWall time per run (models cached after the first protocol): "
+            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
+            + "\n"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
