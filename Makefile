@@ -25,6 +25,7 @@ bench: data
 	$(VENV)/bin/oodlab bench --out $(OUT)
 
 test: data
+	bash scripts/install_chromium.sh
 	$(PY) -m pytest
 
 lint: $(STAMP)

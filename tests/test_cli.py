@@ -106,22 +106,15 @@ def test_bench_writes_every_result_file(tiny_suite: str, tmp_path, capsys) -> No
     assert "## tiny (seed 0, protocol blind)" in md and "| msp" in md and "tuned on ID `patterns-val`" in md
     printed = capsys.readouterr()
     assert "AUROC" in printed.out and "ID accuracy" in printed.out
-    # Second run: the model comes from the checkpoint cache and the numbers are identical.
-    assert (
-        run(
-            [
-                "bench",
-                "--suite",
-                tiny_suite,
-                "--detectors",
-                "msp,energy,temperature",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    # Second run, same arguments: every finished cell is reused and the numbers are identical.
+    args = ["bench", "--suite", tiny_suite, "--detectors", "msp,energy,temperature", "--out", str(out)]
+    assert run([*args, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused finished cell") == 3 and "loaded from cache" not in err
+    again = json.loads((out / "results.json").read_text())
+    assert [r["auroc"] for r in again] == [r["auroc"] for r in rows]
+    # Third run with --overwrite: recomputed, the model comes from the checkpoint cache, same numbers.
+    assert run([*args, "--quiet", "--overwrite"]) == 0
     assert "loaded from cache" in capsys.readouterr().err
     again = json.loads((out / "results.json").read_text())
     assert [r["auroc"] for r in again] == [r["auroc"] for r in rows]
@@ -236,11 +229,12 @@ def test_malformed_ood_npy_is_a_clear_error(array, pattern: str, tiny_suite: str
 def test_corrupt_checkpoint_is_a_one_line_error(tiny_suite: str, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     assert run(["bench", "--suite", tiny_suite, "--detectors", "msp", "--out", str(out), "--quiet"]) == 0
-    (out / "results.json").unlink()
     for ckpt in (tmp_path / "cache" / "models").glob("*.safetensors"):
         ckpt.write_bytes(b"garbage")
-    code = run(["bench", "--suite", tiny_suite, "--detectors", "msp", "--out", str(out), "--quiet"])
-    assert_user_error(code, capsys, "corrupt or unreadable checkpoint", out)
+    # A fresh results folder needs the model (the first one would reuse its finished cells).
+    fresh = tmp_path / "o2"
+    code = run(["bench", "--suite", tiny_suite, "--detectors", "msp", "--out", str(fresh), "--quiet"])
+    assert_user_error(code, capsys, "corrupt or unreadable checkpoint", fresh)
 
 
 @pytest.mark.parametrize("command", [[], ["bench"], ["list"], ["data"]])

@@ -29,6 +29,13 @@ def _parse_ood_npy(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _parse_names(value: str, what: str) -> list[str]:
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise OodlabError(f"{what} is empty; name at least one")
+    return names
+
+
 def _parse_ints(value: str, what: str) -> list[int]:
     try:
         return [int(s) for s in value.split(",") if s.strip()]
@@ -93,13 +100,35 @@ def cli() -> None:
 )
 @click.option("--epochs", type=int, default=None, help="Override the suite's training epochs.")
 @click.option(
+    "--corruptions",
+    default=None,
+    metavar="A,B",
+    help="Corruptions of the corruption suites (default: all; see `oodlab list corruptions`).",
+)
+@click.option(
+    "--mixture",
+    "mixtures",
+    multiple=True,
+    metavar="NAME=NEAR+FAR:P",
+    help="Add an OOD test set NAME mixing two of the suite's OOD test sets, P (0-1) of NEAR and the "
+    "rest of FAR, e.g. mix=mnist+gaussian:0.3. Seeded. Repeatable.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("results"),
     show_default=True,
-    help="Folder for results.json, results.csv, results.md and models.json.",
+    help="Folder for the results: one file per finished cell (suite × seed × detector) under cells/, "
+    "then results.json/.csv/.md, summary.json, models.json, plots/ and report.html. A run killed and "
+    "restarted with the same arguments computes only the unfinished cells.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the results in --out even if they come from a different configuration.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the plots (tables and report.html only).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(
     suites: tuple[str, ...],
@@ -110,23 +139,24 @@ def bench(
     ood_npy: tuple[str, ...],
     accept_rate: float,
     epochs: int | None,
+    corruptions: str | None,
+    mixtures: tuple[str, ...],
     out_dir: Path,
+    overwrite: bool,
+    no_plots: bool,
     quiet: bool,
 ) -> None:
     """Run detectors on benchmark suites and write the results.
 
-    Prints one table per suite (a row per detector × OOD test set) and writes results.json (a list
-    of rows: suite, seed, protocol, detector, ood, every metric as a fraction, the tuning and the
-    run's configuration), results.csv, results.md and models.json to --out.
+    Prints one table per suite and seed (a row per detector × OOD test set; mean ± std over seeds
+    when several are given) and writes to --out: results.json (a list of rows: suite, seed,
+    protocol, detector, ood, every metric as a fraction, the tuning and the run's configuration),
+    results.csv, results.md, summary.json (mean ± std over seeds), models.json, plots/ (PNG and
+    SVG) and report.html (one self-contained page). Each seed retrains the model and refits the
+    detectors.
     """
-    from oodlab.bench import (
-        DEFAULT_SUITES,
-        BenchConfig,
-        resolve_detectors,
-        run_bench,
-        suite_table,
-        write_results,
-    )
+    from oodlab.bench import DEFAULT_SUITES, BenchConfig, resolve_detectors, run_bench
+    from oodlab.bench.report import console_report, write_report
 
     suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
     seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
@@ -138,24 +168,47 @@ def bench(
         accept_rate=accept_rate,
         extra_ood=_parse_ood_npy(ood_npy),
         epochs=epochs,
+        corruptions=_parse_names(corruptions, "--corruptions") if corruptions is not None else None,
+        mixtures=list(mixtures),
     )
     t0 = time.perf_counter()
-    rows, models = run_bench(cfg, progress=not quiet, log=_log)
-    for m in models:
-        group = [r for r in rows if r["suite"] == m["suite"] and r["seed"] == m["seed"]]
-        click.echo(
-            f"\n{m['suite']} (seed {m['seed']}, protocol {protocol}) — ID accuracy "
-            f"{100 * m['id_accuracy']:.2f}%, metrics in %"
-        )
-        click.echo(suite_table(group, fmt="simple"))
-    paths = write_results(out_dir, rows, models)
-    _log(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - t0:.0f} s")
+    rows, models = run_bench(cfg, out_dir=out_dir, overwrite=overwrite, progress=not quiet, log=_log)
+    click.echo(console_report(rows, models))
+    paths = write_report(out_dir, plots=not no_plots, log=_log)
+    shown = [p for p in paths if p.parent == out_dir]
+    _log(
+        f"\nwrote {', '.join(str(p) for p in shown)} and {len(paths) - len(shown)} plot files "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
+
+
+@cli.command()
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-plots", is_flag=True, help="Skip the plots (tables and report.html only).")
+def report(out_dir: Path, no_plots: bool) -> None:
+    """Rebuild the tables, plots and report.html of a results folder from its saved cells.
+
+    Nothing is recomputed: DIR is the --out folder of `oodlab bench`. An unfinished run gives a
+    report of its finished cells.
+    """
+    from oodlab.bench.report import console_report, load_run, write_report
+    from oodlab.bench.runner import assemble
+
+    paths = write_report(out_dir, plots=not no_plots, log=_log)
+    manifest, cells = load_run(out_dir, log=lambda _: None)
+    rows, models = assemble([d for _, d in cells], manifest)
+    click.echo(console_report(rows, models))
+    _log(f"wrote {len(paths)} files to {out_dir}, e.g. {out_dir / 'report.html'}")
 
 
 @cli.command("list")
-@click.argument("what", type=click.Choice(["detectors", "suites", "models", "datasets"]), default="detectors")
+@click.argument(
+    "what",
+    type=click.Choice(["detectors", "suites", "models", "datasets", "corruptions"]),
+    default="detectors",
+)
 def list_cmd(what: str) -> None:
-    """List registered detectors, suites, models or datasets."""
+    """List registered detectors, suites, models, datasets or corruptions."""
     if what == "detectors":
         from oodlab.detectors import get_detector_class, list_detectors
 
@@ -167,6 +220,11 @@ def list_cmd(what: str) -> None:
 
         for s in SUITES.values():
             click.echo(f"{s.name:24s} {s.description}")
+    elif what == "corruptions":
+        from oodlab.data.corruptions import CORRUPTIONS, describe_corruption
+
+        for c in CORRUPTIONS:
+            click.echo(f"{c:24s} {describe_corruption(c)} (severities 1-5; OOD sets {c}-1 … {c}-5)")
     elif what == "models":
         from oodlab.models import list_models
 

@@ -1,6 +1,6 @@
 """Benchmarks: named suites, the runner and the reports."""
 
-from oodlab.bench.report import markdown_report, suite_table, write_results
+from oodlab.bench.report import markdown_report, suite_table, write_report, write_results
 from oodlab.bench.runner import DEFAULT_DETECTORS, BenchConfig, resolve_detectors, run_bench, run_suite
 from oodlab.bench.suites import DEFAULT_SUITES, SUITES, Suite, SuiteData, build_suite, get_suite, list_suites
 
@@ -19,5 +19,6 @@ __all__ = [
     "run_bench",
     "run_suite",
     "suite_table",
+    "write_report",
     "write_results",
 ]

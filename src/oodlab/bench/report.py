@@ -1,16 +1,22 @@
-"""Results files and tables: ``results.json`` (rows), ``results.csv`` and ``results.md``."""
+"""Results files and tables: ``results.json`` (rows), ``results.csv``, ``results.md``, ``summary.json``,
+and the whole report of a results folder (:func:`write_report`: files, plots, ``report.html``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from oodlab.bench.aggregate import aggregate, pm
+from oodlab.bench.cells import CellSpec, CellStore, read_manifest
+from oodlab.data.corruptions import SEVERITIES
+from oodlab.errors import OodlabError
 from oodlab.training.checkpoint import atomic_write_bytes
 
 #: Metric columns: (key in a row, column title). Every value is a fraction, shown in percent.
@@ -54,6 +60,43 @@ def suite_table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
     header = ["detector", "OOD", *(title for _, title in METRIC_COLUMNS)]
     body = [[r["detector"], r["ood"], *(100 * r[k] for k, _ in METRIC_COLUMNS)] for r in rows]
     return tabulate(body, headers=header, tablefmt=fmt, floatfmt=".2f")
+
+
+def summary_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
+    """A row per (detector, OOD set) of aggregated rows: metrics in percent, mean ± std over seeds."""
+    header = ["detector", "OOD", *(title for _, title in METRIC_COLUMNS)]
+    body = [[a["detector"], a["ood"], *(pm(a.get(k), a["n_seeds"]) for k, _ in METRIC_COLUMNS)] for a in agg]
+    return tabulate(body, headers=header, tablefmt=fmt, disable_numparse=True)
+
+
+def corruption_grid(agg: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """``{detector: {corruption: {severity: AUROC stats}}}`` of the corruption OOD sets."""
+    grid: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    for a in agg:
+        if "corruption" in a:
+            grid.setdefault(a["detector"], {}).setdefault(a["corruption"], {})[int(a["severity"])] = a[
+                "auroc"
+            ]
+    return grid
+
+
+def corruption_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
+    """AUROC (%) per detector × corruption (rows) and severity (columns), plus the mean over severities."""
+    n_seeds = max((a["n_seeds"] for a in agg), default=1)
+    header = ["detector", "corruption", *(f"sev {s}" for s in SEVERITIES), "mean"]
+    body = []
+    for det, by_corruption in corruption_grid(agg).items():
+        for corruption, by_sev in by_corruption.items():
+            means = [v["mean"] for v in by_sev.values()]
+            body.append(
+                [
+                    det,
+                    corruption,
+                    *(pm(by_sev.get(s), n_seeds) for s in SEVERITIES),
+                    f"{100 * sum(means) / len(means):.2f}",
+                ]
+            )
+    return tabulate(body, headers=header, tablefmt=fmt, disable_numparse=True)
 
 
 def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
@@ -100,7 +143,58 @@ def markdown_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, A
         if tuning:
             out += ["", "Tuned hyperparameters:", *tuning]
         out.append(f"\nThresholds for `ID acc.`/`OOD rej.` chosen on `{group[0]['threshold_on']}`.")
+    for suite, agg in _by_suite(aggregate(rows)).items():
+        seeds = agg[0]["seeds"]
+        if len(seeds) > 1:
+            out += ["", f"## {suite}: mean ± std over seeds {', '.join(map(str, seeds))}", ""]
+            out.append("Sample standard deviation (ddof=1) over the seeds; each seed retrains the model.")
+            out += ["", summary_table(agg)]
+        if any("corruption" in a for a in agg):
+            out += ["", f"## {suite}: AUROC (%) per corruption and severity", "", corruption_table(agg)]
     return "\n".join(out) + "\n"
+
+
+def _by_suite(agg: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for a in agg:
+        out.setdefault(a["suite"], []).append(a)
+    return out
+
+
+def console_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, Any]]) -> str:
+    """What ``oodlab bench`` prints: a table per suite and seed (or the corruption grid), and the
+    mean ± std table of every suite run with several seeds."""
+    out = []
+    for m in models:
+        group = [r for r in rows if r["suite"] == m["suite"] and r["seed"] == m["seed"]]
+        if not group:
+            continue
+        out.append(
+            f"\n{m['suite']} (seed {m['seed']}, protocol {group[0]['protocol']}) — ID accuracy "
+            f"{100 * m['id_accuracy']:.2f}%, metrics in %"
+        )
+        agg_one = aggregate(group)
+        if any("corruption" in a for a in agg_one):
+            plain = [r for r in group if "corruption" not in r]
+            if plain:
+                out.append(suite_table(plain, fmt="simple"))
+            out.append("AUROC per corruption × severity:")
+            out.append(corruption_table(agg_one, fmt="simple"))
+        else:
+            out.append(suite_table(group, fmt="simple"))
+    for suite, agg in _by_suite(aggregate(rows)).items():
+        seeds = agg[0]["seeds"]
+        if len(seeds) <= 1:
+            continue
+        out.append(f"\n{suite}: mean ± std over seeds {', '.join(map(str, seeds))}, metrics in %")
+        if any("corruption" in a for a in agg):
+            plain = [a for a in agg if "corruption" not in a]
+            if plain:
+                out.append(summary_table(plain, fmt="simple"))
+            out.append(corruption_table(agg, fmt="simple"))
+        else:
+            out.append(summary_table(agg, fmt="simple"))
+    return "\n".join(out)
 
 
 def csv_report(rows: Sequence[dict[str, Any]]) -> str:
@@ -120,6 +214,7 @@ def write_results(
     files = {
         "results.json": json.dumps(list(rows), indent=1, sort_keys=False),
         "models.json": json.dumps(list(models), indent=1),
+        "summary.json": json.dumps(aggregate(rows), indent=1),
         "results.csv": csv_report(rows),
         "results.md": markdown_report(rows, models),
     }
@@ -128,4 +223,60 @@ def write_results(
         path = out_dir / name
         atomic_write_bytes(path, text.encode())
         paths.append(path)
+    return paths
+
+
+def load_run(
+    out_dir: Path, *, log: Callable[[str], None] = print
+) -> tuple[dict[str, Any], list[tuple[CellSpec, dict[str, Any]]]]:
+    """The manifest and the finished cells of a results folder (a clear error for damaged files)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise OodlabError(f"no such results folder: {out_dir}")
+    manifest = read_manifest(out_dir)
+    store = CellStore(out_dir)
+    specs = [CellSpec.from_dict(c) for c in manifest["cells"]]
+    cells = [(s, store.load(s)) for s in specs if store.exists(s)]
+    if not cells:
+        raise OodlabError(f"{out_dir} holds no finished cells yet; run `oodlab bench` with --out {out_dir}")
+    if len(cells) < len(specs):
+        log(
+            f"warning: {len(specs) - len(cells)} of {len(specs)} cells are not finished (interrupted run?); "
+            "the report shows the finished ones — rerun `oodlab bench` with the same arguments to finish"
+        )
+    return manifest, cells
+
+
+def write_report(out_dir: Path, *, plots: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Rebuild every report file of a results folder from its saved cells, without recomputing.
+
+    Writes ``results.json``/``.csv``/``.md``, ``models.json``, ``summary.json``, the plots
+    (``plots/<suite>/*.png`` and ``.svg``) and ``report.html``.
+    """
+    from oodlab.bench.html import render_html
+    from oodlab.bench.runner import assemble
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    manifest, cells = load_run(out_dir, log=log)
+    rows, models = assemble([doc for _, doc in cells], manifest)
+    paths = write_results(out_dir, rows, models)
+    figures: dict[str, list[dict[str, Any]]] = {}
+    if plots:
+        from oodlab.bench.plots import suite_figures
+
+        store = CellStore(out_dir)
+        agg = aggregate(rows)
+        for suite, suite_agg in _by_suite(agg).items():
+            suite_cells = [(s, d) for s, d in cells if s.suite == suite]
+            first_seed = suite_cells[0][0].seed
+            scores = {s.detector: store.load_scores(s, d) for s, d in suite_cells if s.seed == first_seed}
+            figures[suite] = suite_figures(
+                suite, scores, suite_agg, out_dir / "plots" / suite, seed=first_seed
+            )
+            paths += [Path(f[k]) for f in figures[suite] for k in ("png", "svg")]
+    html = render_html(manifest, rows, models, figures)
+    atomic_write_bytes(out_dir / "report.html", html.encode())
+    paths.append(out_dir / "report.html")
+    log(f"report of {len(cells)} cells rebuilt in {time.perf_counter() - t0:.1f} s")
     return paths

@@ -1,19 +1,41 @@
-"""Run detectors over suites: train or load the model, fit, score, measure."""
+"""Run detectors over suites: train or load the model, fit, score, measure — one cell at a time.
+
+The unit of work is a *cell*: one detector on one suite for one seed. With an output folder,
+every finished cell is written at once (see :mod:`oodlab.bench.cells`), and a run restarted
+with the same configuration reuses the finished cells and computes only the rest.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from oodlab import __version__, features
-from oodlab.bench.suites import DEFAULT_SUITES, PROTOCOLS, SuiteData, build_suite, get_suite, with_epochs
+from oodlab.bench.cells import CellError, CellSpec, CellStore, file_sha256, prepare_run_dir, stable_hash
+from oodlab.bench.suites import (
+    DEFAULT_SUITES,
+    PROTOCOLS,
+    Suite,
+    SuiteData,
+    build_suite,
+    check_mixtures,
+    get_suite,
+    with_corruptions,
+    with_epochs,
+)
+from oodlab.data.corruptions import SEVERITIES, check_corruptions
+from oodlab.data.mixtures import MixtureSpec, parse_mixture
 from oodlab.detectors import create_detector, get_detector_class, list_detectors
 from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
@@ -36,6 +58,10 @@ class BenchConfig:
     accept_rate: float = 0.95
     extra_ood: dict[str, str] = field(default_factory=dict)
     epochs: int | None = None
+    #: Corruptions of the corruption suites (``None``: all of each suite's).
+    corruptions: list[str] | None = None
+    #: Near/far mixture OOD sets, each ``"NAME=NEAR+FAR:P"`` (see :mod:`oodlab.data.mixtures`).
+    mixtures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for s in self.suites:
@@ -48,9 +74,79 @@ class BenchConfig:
             raise OodlabError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
         if not self.seeds:
             raise OodlabError("give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise OodlabError(f"--seeds names a seed twice: {self.seeds}")
+        if len(set(self.detectors)) != len(self.detectors):
+            raise OodlabError(f"--detectors names a detector twice: {', '.join(self.detectors)}")
+        if self.corruptions is not None:
+            check_corruptions(self.corruptions)
+            if not any(get_suite(s).corruptions for s in self.suites):
+                raise OodlabError(
+                    "--corruptions applies to corruption suites (e.g. mnist-corruptions); none is selected"
+                )
+        for s in self.suites:
+            check_mixtures(self.suite(s), self.mixture_specs(), list(self.extra_ood))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def mixture_specs(self) -> list[MixtureSpec]:
+        return [parse_mixture(m) for m in self.mixtures]
+
+    def suite(self, name: str) -> Suite:
+        """Suite ``name`` as this run uses it (epochs and corruptions overridden)."""
+        return with_corruptions(with_epochs(get_suite(name), self.epochs), self.corruptions)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides this run's numbers (its hash names the run's folder contents)."""
+        return {
+            **self.to_dict(),
+            "extra_ood_sha256": {k: file_sha256(Path(v)) for k, v in sorted(self.extra_ood.items())},
+            "suite_definitions": {s: dataclasses.asdict(self.suite(s)) for s in self.suites},
+            "detector_params": {d: _params(d) for d in self.detectors},
+            "oodlab": __version__,
+        }
+
+    def cells(self, identity: dict[str, Any] | None = None) -> list[CellSpec]:
+        """Every (suite, seed, detector) cell of the run, in report order, keyed by what makes it."""
+        ident = identity or self.identity()
+        out = []
+        for s in self.suites:
+            for seed in self.seeds:
+                for d in self.detectors:
+                    key = stable_hash(
+                        {
+                            "suite": ident["suite_definitions"][s],
+                            "seed": seed,
+                            "protocol": self.protocol,
+                            "detector": d,
+                            "params": ident["detector_params"][d],
+                            "accept_rate": self.accept_rate,
+                            "extra_ood": ident["extra_ood_sha256"],
+                            "mixtures": self.mixtures,
+                            "oodlab": __version__,
+                        }
+                    )
+                    out.append(CellSpec(s, seed, d, key))
+        return out
+
+
+def _params(detector: str) -> dict[str, Any]:
+    try:
+        return create_detector(detector).get_params()
+    except Exception:  # a detector that cannot be built without arguments: its class name stands in
+        return {"class": get_detector_class(detector).__qualname__}
+
+
+def environment() -> dict[str, Any]:
+    """The software and machine a run used (saved with results; not part of a cell's key)."""
+    return {
+        "oodlab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def resolve_detectors(spec: str | None) -> list[str]:
@@ -74,52 +170,42 @@ def _fit(det: Detector, model: torch.nn.Module, data: SuiteData, ood: str) -> fl
     return time.perf_counter() - t0
 
 
-def run_suite(
-    cfg: BenchConfig,
-    suite_name: str,
-    seed: int,
-    *,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run every detector of ``cfg`` on one suite and seed.
+def _ood_kinds(suite: Suite, mixtures: list[MixtureSpec]) -> dict[str, dict[str, Any]]:
+    """Extra row fields saying what an OOD set is: ``corruption``/``severity`` or ``mixture``."""
+    kinds: dict[str, dict[str, Any]] = {
+        f"{c}-{s}": {"corruption": c, "severity": s} for c in suite.corruptions for s in SEVERITIES
+    }
+    for m in mixtures:
+        kinds[m.name] = {"mixture": str(m)}
+    return kinds
 
-    Returns:
-        One row per (detector, OOD test set), and a summary of the model.
-    """
-    suite = with_epochs(get_suite(suite_name), cfg.epochs)
-    data = build_suite(suite, seed, cfg.protocol, {k: Path(v) for k, v in cfg.extra_ood.items()})
-    recipe = dataclasses.replace(suite.train, seed=seed)
-    log(f"[{suite_name} seed {seed}] model {recipe.model}: {len(data.id_train)} training images")
-    model, meta = fit_or_load(recipe, data.id_train, progress=progress)
-    how = "loaded from cache" if meta["cached"] else "trained"
-    log(f"[{suite_name} seed {seed}] model {how}: {meta['path']}")
-    detectors = [create_detector(n) for n in cfg.detectors]
-    # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
-    # on the training set's taps too).
-    taps = sorted({t for d in detectors for t in d.required_taps(model)})
-    sets = [data.id_train, data.id_test, *data.ood_tests.values()]
-    sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
-    for s in sets:
-        features.outputs(model, s, taps)
-    id_accuracy = classification_accuracy(features.outputs(model, data.id_test).logits, data.id_test.y)
-    log(f"[{suite_name} seed {seed}] ID test accuracy {100 * id_accuracy:.2f}%")
+
+def _run_detector(
+    cfg: BenchConfig,
+    det: Detector,
+    model: torch.nn.Module,
+    data: SuiteData,
+    id_accuracy: float,
+    kinds: dict[str, dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Fit ``det`` (once, or per OOD set under the paper protocol) and score every OOD set."""
     rows: list[dict[str, Any]] = []
-    for det in detectors:
-        per_ood = cfg.protocol == "paper" and det.tunes
-        fit_seconds = 0.0 if per_ood else _fit(det, model, data, next(iter(data.ood_tests)))
-        for ood_name, ood_set in data.ood_tests.items():
-            if per_ood:
-                fit_seconds = _fit(det, model, data, ood_name)
-            id_val, ood_val = data.validation_for(ood_name)
-            t0 = time.perf_counter()
-            id_scores = det.score_set(data.id_test_for(ood_name)).numpy()
-            ood_scores = det.score_set(ood_set).numpy()
-            score_seconds = time.perf_counter() - t0
-            threshold = threshold_at_accept_rate(det.score_set(id_val).numpy(), cfg.accept_rate)
-            row: dict[str, Any] = {
-                "suite": suite_name,
-                "seed": seed,
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    per_ood = cfg.protocol == "paper" and det.tunes
+    fit_seconds = 0.0 if per_ood else _fit(det, model, data, next(iter(data.ood_tests)))
+    for ood_name, ood_set in data.ood_tests.items():
+        if per_ood:
+            fit_seconds = _fit(det, model, data, ood_name)
+        id_val, ood_val = data.validation_for(ood_name)
+        t0 = time.perf_counter()
+        id_scores = det.score_set(data.id_test_for(ood_name)).numpy()
+        ood_scores = det.score_set(ood_set).numpy()
+        score_seconds = time.perf_counter() - t0
+        threshold = threshold_at_accept_rate(det.score_set(id_val).numpy(), cfg.accept_rate)
+        rows.append(
+            {
+                "suite": data.suite.name,
+                "seed": data.seed,
                 "protocol": cfg.protocol,
                 "detector": det.name,
                 "ood": ood_name,
@@ -134,43 +220,244 @@ def run_suite(
                 "tuning": det.tuning(),
                 "tuned_on": {"id_val": id_val.name, "ood_val": ood_val.name},
                 "threshold_on": id_val.name,
+                **kinds.get(ood_name, {}),
             }
-            rows.append(row)
-        log(
-            f"[{suite_name} seed {seed}] {det.name}: "
-            + ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows if r["detector"] == det.name)
         )
-    model_info = {
-        "suite": suite_name,
-        "seed": seed,
-        "id_accuracy": id_accuracy,
-        "checkpoint": meta["path"],
-        "recipe": recipe.to_dict(),
-        "cached": meta["cached"],
-        "stats": meta.get("stats", {}),
+        scores[ood_name] = (id_scores, ood_scores)
+    return rows, scores
+
+
+@contextlib.contextmanager
+def _outputs_cache_room(n: int) -> Iterator[None]:
+    """Let the shared outputs cache hold ``n`` image sets (suites with many OOD sets) for a while."""
+    cache = features.default_cache
+    before = cache.max_entries
+    cache.max_entries = max(before, n)
+    try:
+        yield
+    finally:
+        cache.max_entries = before
+        while len(cache._store) > before:
+            cache._store.popitem(last=False)
+
+
+CellCallback = Callable[
+    [str, list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]], None
+]
+
+
+def _run_group(
+    cfg: BenchConfig,
+    suite_name: str,
+    seed: int,
+    detector_names: list[str],
+    *,
+    on_start: Callable[[str], None],
+    on_cell: CellCallback,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Compute the cells of ``detector_names`` on one suite and seed (one model, one data build)."""
+    suite = cfg.suite(suite_name)
+    mixtures = cfg.mixture_specs()
+    tag = f"[{suite_name} seed {seed}]"
+    on_start("data")
+    data = build_suite(suite, seed, cfg.protocol, {k: Path(v) for k, v in cfg.extra_ood.items()}, mixtures)
+    recipe = dataclasses.replace(suite.train, seed=seed)
+    log(f"{tag} model {recipe.model}: {len(data.id_train)} training images")
+    on_start("model")
+    model, meta = fit_or_load(recipe, data.id_train, progress=progress)
+    log(f"{tag} model {'loaded from cache' if meta['cached'] else 'trained'}: {meta['path']}")
+    detectors = [create_detector(n) for n in detector_names]
+    # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
+    # on the training set's taps too).
+    taps = sorted({t for d in detectors for t in d.required_taps(model)})
+    sets = [data.id_train, data.id_test, *data.ood_tests.values()]
+    sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
+    kinds = _ood_kinds(suite, mixtures)
+    with _outputs_cache_room(len(sets) + 8):
+        on_start("features")
+        for s in sets:
+            features.outputs(model, s, taps)
+        id_accuracy = classification_accuracy(features.outputs(model, data.id_test).logits, data.id_test.y)
+        log(f"{tag} ID test accuracy {100 * id_accuracy:.2f}%")
+        model_info = {
+            "suite": suite_name,
+            "seed": seed,
+            "id_accuracy": id_accuracy,
+            "checkpoint": meta["path"],
+            "recipe": recipe.to_dict(),
+            "cached": meta["cached"],
+            "stats": meta.get("stats", {}),
+        }
+        for det in detectors:
+            on_start(det.name)
+            # Each cell draws its own random numbers: its numbers do not depend on which other
+            # cells this process computed before it (so a resumed run equals an uninterrupted one).
+            torch.manual_seed(seed)
+            rows, scores = _run_detector(cfg, det, model, data, id_accuracy, kinds)
+            shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
+            log(f"{tag} {det.name}: {shown}{', …' if len(rows) > 6 else ''}")
+            on_cell(det.name, rows, model_info, scores)
+
+
+def run_suite(
+    cfg: BenchConfig,
+    suite_name: str,
+    seed: int,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every detector of ``cfg`` on one suite and seed, in memory (nothing written).
+
+    Returns:
+        One row per (detector, OOD test set), and a summary of the model.
+    """
+    rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+
+    def keep(name: str, r: list[dict[str, Any]], m: dict[str, Any], _: Any) -> None:
+        rows.extend(r)
+        info.update(m)
+
+    _run_group(
+        cfg,
+        suite_name,
+        seed,
+        list(cfg.detectors),
+        on_start=lambda _: None,
+        on_cell=keep,
+        progress=progress,
+        log=log,
+    )
+    return rows, info
+
+
+def make_manifest(cfg: BenchConfig) -> dict[str, Any]:
+    """The ``run.json`` of a run of ``cfg``: configuration, its hash, environment and cells."""
+    ident = cfg.identity()
+    return {
+        "format": 1,
+        "oodlab": __version__,
+        "config": cfg.to_dict(),
+        "identity": ident,
+        "config_hash": stable_hash(ident, 24),
+        "environment": environment(),
+        "cells": [c.to_dict() for c in cfg.cells(ident)],
     }
-    return rows, model_info
 
 
 def run_bench(
-    cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], None] = print
+    cfg: BenchConfig,
+    *,
+    out_dir: Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run ``cfg``; every row carries the run's configuration under ``"config"``."""
+    """Run ``cfg``; every row carries the run's configuration under ``"config"``.
+
+    With ``out_dir``, each finished cell is written there as it completes, and cells a previous
+    run of the same configuration finished are reused instead of recomputed. A folder holding
+    another configuration is an error unless ``overwrite``.
+
+    Returns:
+        The rows (one per suite × seed × detector × OOD set) and one model summary per suite × seed.
+    """
+    manifest = make_manifest(cfg)
+    specs = [CellSpec.from_dict(c) for c in manifest["cells"]]
+    store = CellStore(out_dir) if out_dir is not None else None
+    if store is not None:
+        resumed = prepare_run_dir(store.root, manifest, overwrite=overwrite)
+        if resumed:
+            manifest = {**manifest, "environment": _saved_environment(store.root, manifest)}
+            if store.clean_temporary():
+                log(f"removed temporary files of an interrupted run in {store.root}")
+    done: dict[CellSpec, dict[str, Any]] = {}
+    if store is not None:
+        for spec in specs:
+            if not store.exists(spec):
+                continue
+            try:
+                done[spec] = store.load(spec)
+            except CellError as e:
+                log(f"{e}; recomputing it")
+                store.remove(spec)
+                continue
+            log(f"[{spec.suite} seed {spec.seed}] {spec.detector}: reused finished cell {spec.stem}.json")
+    todo = [s for s in specs if s not in done]
+    bar = tqdm(
+        total=len(specs),
+        initial=len(specs) - len(todo),
+        desc="cells",
+        unit="cell",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def say(msg: str) -> None:
+        if bar.disable:
+            log(msg)
+        else:
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(msg)
+
+    groups: dict[tuple[str, int], list[CellSpec]] = {}
+    for spec in todo:
+        groups.setdefault((spec.suite, spec.seed), []).append(spec)
+    try:
+        for (suite_name, seed), group in groups.items():
+            by_name = {s.detector: s for s in group}
+
+            def start(what: str, suite_name: str = suite_name, seed: int = seed) -> None:
+                bar.set_description_str(f"{suite_name} seed {seed}: {what}")
+
+            def finish(
+                name: str,
+                rows: list[dict[str, Any]],
+                model: dict[str, Any],
+                scores: dict[str, tuple[np.ndarray, np.ndarray]],
+                by_name: dict[str, CellSpec] = by_name,
+            ) -> None:
+                spec = by_name[name]
+                if store is not None:
+                    store.write(spec, rows, model, scores)
+                done[spec] = {"rows": rows, "model": model}
+                bar.update(1)
+
+            _run_group(
+                cfg,
+                suite_name,
+                seed,
+                [s.detector for s in group],
+                on_start=start,
+                on_cell=finish,
+                progress=progress,
+                log=say,
+            )
+    finally:
+        bar.close()
+    return assemble([done[s] for s in specs], manifest)
+
+
+def _saved_environment(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    from oodlab.bench.cells import read_manifest
+
+    return read_manifest(root).get("environment", manifest["environment"])
+
+
+def assemble(
+    cells: list[dict[str, Any]], manifest: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows (each with the run's ``config``) and one model summary per (suite, seed), from cell documents."""
+    config = {**manifest["config"], "environment": manifest["environment"]}
     rows: list[dict[str, Any]] = []
-    models: list[dict[str, Any]] = []
-    env = {
-        "oodlab": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    for suite_name in cfg.suites:
-        for seed in cfg.seeds:
-            r, m = run_suite(cfg, suite_name, seed, progress=progress, log=log)
-            rows += r
-            models.append(m)
-    config = {**cfg.to_dict(), "environment": env}
-    for r in rows:
-        r["config"] = config
-    return rows, models
+    models: dict[tuple[str, int], dict[str, Any]] = {}
+    for cell in cells:
+        for r in cell["rows"]:
+            rows.append({**r, "config": config})
+        m = cell["model"]
+        models.setdefault((m["suite"], m["seed"]), m)
+    return rows, list(models.values())

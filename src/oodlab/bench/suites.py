@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from oodlab.data import (
     train_val_split,
     uniform_noise,
 )
+from oodlab.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, corrupt_set
+from oodlab.data.mixtures import MixtureSpec, make_mixture
 from oodlab.errors import OodlabError
 from oodlab.training import TrainConfig
 
@@ -25,6 +28,7 @@ PROTOCOLS = ("blind", "paper")
 
 #: Seed offsets so that each synthetic set draws its own noise.
 _SEED_GAUSSIAN, _SEED_UNIFORM, _SEED_VAL = 1_000, 2_000, 3_000
+_SEED_SUBSET, _SEED_CORRUPT, _SEED_MIX = 5_000, 6_000, 7_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Suite:
         train: Recipe of the suite's classifier.
         n_val: ID training images carved out as ID validation.
         n_ood_val: Size of the synthetic OOD validation set (blind protocol).
+        corruptions: Corruptions of the ID test images used as OOD test sets, one per corruption ×
+            severity, named ``"<corruption>-<severity>"`` (see :mod:`oodlab.data.corruptions`).
+        n_id_test: Evaluate on a seeded subset of this many ID test images (``None``: all).
     """
 
     name: str
@@ -52,6 +59,8 @@ class Suite:
     train: TrainConfig = field(default_factory=TrainConfig)
     n_val: int = 5000
     n_ood_val: int = 2000
+    corruptions: tuple[str, ...] = ()
+    n_id_test: int | None = None
 
 
 @dataclass
@@ -111,6 +120,27 @@ SUITES: dict[str, Suite] = {
             ood_datasets={"fashion_mnist": "fashion_mnist"},
             train=LENET_RECIPE,
         ),
+        # Same ID data, split and recipe as mnist-vs-fmnist / fmnist-vs-mnist: same cached checkpoint.
+        Suite(
+            name="mnist-corruptions",
+            description="ID MNIST 0-9 (2000 test images); OOD the same images under 9 corruptions × 5 "
+            "severities",
+            id_dataset="mnist",
+            synthetic=(),
+            train=LENET_RECIPE,
+            corruptions=CORRUPTIONS,
+            n_id_test=2000,
+        ),
+        Suite(
+            name="fmnist-corruptions",
+            description="ID Fashion-MNIST (2000 test images); OOD the same images under 9 corruptions × "
+            "5 severities",
+            id_dataset="fashion_mnist",
+            synthetic=(),
+            train=LENET_RECIPE,
+            corruptions=CORRUPTIONS,
+            n_id_test=2000,
+        ),
     )
 }
 
@@ -134,6 +164,44 @@ def with_epochs(suite: Suite, epochs: int | None) -> Suite:
     return suite if epochs is None else replace(suite, train=replace(suite.train, epochs=epochs))
 
 
+def with_corruptions(suite: Suite, corruptions: list[str] | None) -> Suite:
+    """``suite`` restricted to ``corruptions`` if it is a corruption suite (``None`` keeps all)."""
+    if corruptions is None or not suite.corruptions:
+        return suite
+    return replace(suite, corruptions=tuple(check_corruptions(corruptions)))
+
+
+def ood_set_names(
+    suite: Suite, extra_ood: Sequence[str] = (), mixtures: Sequence[MixtureSpec] = ()
+) -> list[str]:
+    """Names of the OOD test sets ``build_suite`` makes for ``suite``, in report order."""
+    names: list[str] = []
+    if suite.holdout:
+        names.append(f"{suite.id_dataset}-{'-'.join(map(str, suite.holdout))}")
+    names += list(suite.ood_datasets)
+    names += [f"{c}-{s}" for c in suite.corruptions for s in SEVERITIES]
+    names += [s for s in ("gaussian", "uniform") if s in suite.synthetic]
+    names += list(extra_ood)
+    names += [m.name for m in mixtures]
+    return names
+
+
+def check_mixtures(suite: Suite, mixtures: Sequence[MixtureSpec], extra_ood: Sequence[str] = ()) -> None:
+    """A clear error if a mixture's name clashes or it mixes a set that ``suite`` lacks."""
+    own = ood_set_names(suite, extra_ood)
+    seen: set[str] = set()
+    for m in mixtures:
+        if m.name in own or m.name in seen:
+            raise OodlabError(f"--mixture name {m.name!r} clashes with another OOD set of suite {suite.name}")
+        seen.add(m.name)
+        for part in (m.near, m.far):
+            if part not in own:
+                raise OodlabError(
+                    f"--mixture {m.name}: suite {suite.name} has no OOD test set {part!r}; "
+                    f"its OOD test sets: {', '.join(own)}"
+                )
+
+
 def _paper_sizes(n: int) -> tuple[int, int]:
     """The paper protocol's (weights, hyperparameters) split sizes: 500/500, or n/6 each for small sets."""
     return (500, 500) if n >= 3000 else (n // 6, n // 6)
@@ -144,6 +212,7 @@ def build_suite(
     seed: int = 0,
     protocol: str = "blind",
     extra_ood: dict[str, Path] | None = None,
+    mixtures: Sequence[MixtureSpec] = (),
 ) -> SuiteData:
     """Load and split the images of ``suite`` for ``seed`` under ``protocol``.
 
@@ -153,6 +222,7 @@ def build_suite(
         protocol: ``"blind"`` (tune on ID validation + synthetic OOD validation) or ``"paper"``
             (tune on 500 + 500 images cut from each test set, as the FSSD reference code does).
         extra_ood: User OOD test sets, ``{name: path to .npy/.npz}``.
+        mixtures: Near/far mixtures of the OOD test sets, added as further OOD test sets.
     """
     if protocol not in PROTOCOLS:
         raise OodlabError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
@@ -167,9 +237,17 @@ def build_suite(
     id_train = ImageSet(suite.id_dataset, id_train.x, id_train.y)
     id_val = ImageSet(f"{suite.id_dataset}-val", id_val.x, id_val.y)
     id_test = ImageSet(suite.id_dataset, test_all.x, test_all.y)
+    if suite.n_id_test is not None and suite.n_id_test < len(id_test):
+        pick = np.sort(
+            np.random.default_rng(seed + _SEED_SUBSET).choice(len(id_test), suite.n_id_test, False)
+        )
+        id_test = id_test.subset(pick)
     for report_name, dataset in suite.ood_datasets.items():
         ood = load_dataset(dataset, "test")
         ood_tests[report_name] = ImageSet(report_name, ood.x, None)
+    for c in suite.corruptions:
+        for sev in SEVERITIES:
+            ood_tests[f"{c}-{sev}"] = corrupt_set(id_test, c, sev, seed + _SEED_CORRUPT)
     n_test, shape = len(id_test), id_test.shape
     if "gaussian" in suite.synthetic:
         ood_tests["gaussian"] = gaussian_noise(n_test, shape, seed + _SEED_GAUSSIAN)
@@ -179,6 +257,9 @@ def build_suite(
         if name in ood_tests:
             raise OodlabError(f"--ood-npy name {name!r} clashes with the suite's OOD set of that name")
         ood_tests[name] = load_image_array(path, name=name, expect_shape=shape)
+    check_mixtures(suite, list(mixtures), list(extra_ood or {}))
+    for m in mixtures:
+        ood_tests[m.name] = make_mixture(m, ood_tests[m.near], ood_tests[m.far], seed + _SEED_MIX)
     ood_val = synthetic_ood_validation(id_val, suite.n_ood_val, seed + _SEED_VAL)
     data = SuiteData(suite, seed, protocol, id_train, id_val, id_test, ood_val, ood_tests)
     if protocol == "paper":
