@@ -129,6 +129,11 @@ def cli() -> None:
     help="Replace the results in --out even if they come from a different configuration.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the plots (tables and report.html only).")
+@click.option(
+    "--no-feature-cache",
+    is_flag=True,
+    help="Do not read or write the on-disk cache of model outputs ($OODLAB_CACHE/features).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(
     suites: tuple[str, ...],
@@ -144,6 +149,7 @@ def bench(
     out_dir: Path,
     overwrite: bool,
     no_plots: bool,
+    no_feature_cache: bool,
     quiet: bool,
 ) -> None:
     """Run detectors on benchmark suites and write the results.
@@ -172,7 +178,14 @@ def bench(
         mixtures=list(mixtures),
     )
     t0 = time.perf_counter()
-    rows, models = run_bench(cfg, out_dir=out_dir, overwrite=overwrite, progress=not quiet, log=_log)
+    rows, models = run_bench(
+        cfg,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        progress=not quiet,
+        log=_log,
+        feature_cache=not no_feature_cache,
+    )
     click.echo(console_report(rows, models))
     paths = write_report(out_dir, plots=not no_plots, log=_log)
     shown = [p for p in paths if p.parent == out_dir]

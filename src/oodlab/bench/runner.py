@@ -7,12 +7,11 @@ with the same configuration reuses the finished cells and computes only the rest
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,11 @@ from oodlab.bench.suites import (
 )
 from oodlab.data.corruptions import SEVERITIES, check_corruptions
 from oodlab.data.mixtures import MixtureSpec, parse_mixture
+from oodlab.data.sources import cache_dir
 from oodlab.detectors import create_detector, get_detector_class, list_detectors
 from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
+from oodlab.features import OutputsCache
 from oodlab.metrics import classification_accuracy, ood_metrics, threshold_at_accept_rate
 from oodlab.training import fit_or_load
 
@@ -227,20 +228,6 @@ def _run_detector(
     return rows, scores
 
 
-@contextlib.contextmanager
-def _outputs_cache_room(n: int) -> Iterator[None]:
-    """Let the shared outputs cache hold ``n`` image sets (suites with many OOD sets) for a while."""
-    cache = features.default_cache
-    before = cache.max_entries
-    cache.max_entries = max(before, n)
-    try:
-        yield
-    finally:
-        cache.max_entries = before
-        while len(cache._store) > before:
-            cache._store.popitem(last=False)
-
-
 CellCallback = Callable[
     [str, list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]], None
 ]
@@ -256,6 +243,7 @@ def _run_group(
     on_cell: CellCallback,
     progress: bool,
     log: Callable[[str], None],
+    feature_cache: bool = True,
 ) -> None:
     """Compute the cells of ``detector_names`` on one suite and seed (one model, one data build)."""
     suite = cfg.suite(suite_name)
@@ -275,7 +263,10 @@ def _run_group(
     sets = [data.id_train, data.id_test, *data.ood_tests.values()]
     sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
     kinds = _ood_kinds(suite, mixtures)
-    with _outputs_cache_room(len(sets) + 8):
+    # A cache of this group's own: room for every set, and (unless disabled) the on-disk cache
+    # so that a later run with the same model and data skips the forward passes.
+    disk = cache_dir() / "features" if feature_cache else None
+    with features.using_cache(OutputsCache(max_entries=len(sets) + 8, disk_dir=disk)):
         on_start("features")
         for s in sets:
             features.outputs(model, s, taps)
@@ -355,8 +346,12 @@ def run_bench(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    feature_cache: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run ``cfg``; every row carries the run's configuration under ``"config"``.
+
+    With ``feature_cache``, logits and vector taps are kept on disk (``$OODLAB_CACHE/features``)
+    keyed by the model's and the images' content hashes, and reused by later runs.
 
     With ``out_dir``, each finished cell is written there as it completes, and cells a previous
     run of the same configuration finished are reused instead of recomputed. A folder holding
@@ -436,6 +431,7 @@ def run_bench(
                 on_cell=finish,
                 progress=progress,
                 log=say,
+                feature_cache=feature_cache,
             )
     finally:
         bar.close()
