@@ -258,9 +258,11 @@ def _run_group(
     log(f"{tag} model {'loaded from cache' if meta['cached'] else 'trained'}: {meta['path']}")
     detectors = [create_detector(n) for n in detector_names]
     # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
-    # on the training set's taps too).
+    # on the training set's taps too). Logit-only detectors learn nothing from the training set,
+    # so it is run through the model only when some detector reads taps.
     taps = sorted({t for d in detectors for t in d.required_taps(model)})
-    sets = [data.id_train, data.id_test, *data.ood_tests.values()]
+    sets = [data.id_train] if taps else []
+    sets += [data.id_test, *data.ood_tests.values()]
     sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
     kinds = _ood_kinds(suite, mixtures)
     # A cache of this group's own: room for every set, and (unless disabled) the on-disk cache
