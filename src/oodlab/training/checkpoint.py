@@ -15,6 +15,13 @@ from torch import nn
 from oodlab.errors import OodlabError
 
 
+def _follow_umask(path: str) -> None:
+    """Give a ``mkstemp`` file (created 0600) the permissions a plain ``open`` would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +29,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,6 +44,7 @@ def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     os.close(fd)
     try:
         save_file(state, tmp)
+        _follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
