@@ -74,8 +74,12 @@ def test_batch_size_does_not_change_scores(name: str, fitted_detectors: dict, ti
     finally:
         det.batch_size = old
     one_by_one = torch.cat([det.score(x[i : i + 1]) for i in range(len(x))])
-    torch.testing.assert_close(mini, whole, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(one_by_one, whole, rtol=1e-5, atol=1e-6)
+    # The model's own output differs in the last float32 bits between batch sizes (about 1e-6);
+    # detectors that scale features (ViM's α, a precision matrix) amplify that, so the tolerance
+    # is relative to the spread of the scores: far below anything that changes a ranking.
+    atol = 1e-6 + 1e-4 * float(whole.max() - whole.min())
+    torch.testing.assert_close(mini, whole, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(one_by_one, whole, rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("name", DETECTORS)

@@ -21,28 +21,62 @@ def l2_normalize(z: Tensor) -> Tensor:
     return (z64 / (z64.norm(dim=1, keepdim=True) + 1e-10)).to(torch.float32)
 
 
-def kth_neighbour_distance(queries: Tensor, bank: Tensor, k: int, chunk_size: int = 1024) -> Tensor:
+def kth_neighbour_distance(
+    queries: Tensor, bank: Tensor, k: int, chunk_size: int = 1024, max_elements: int = 1 << 24
+) -> Tensor:
     """Euclidean distance from each row of ``queries`` to its ``k``-th nearest row of ``bank``.
 
-    Candidates are ranked by ``‖b‖² − 2 q·b`` (one matmul per chunk of ``chunk_size``
-    queries, so memory is ``chunk_size × len(bank)`` floats), then the distance to the chosen
-    neighbour is recomputed exactly in float64 (the float32 expansion loses precision for
-    near-identical vectors and depends on the chunk's BLAS blocking; the recomputation does not).
+    Exact up to float64 rounding, computed fast: per chunk of ``chunk_size`` queries (fewer if
+    needed to keep ``chunk × len(bank) ≤ max_elements``, so memory stays bounded), one
+    float32 matmul ranks the bank by ``‖b‖² − 2 q·b`` and keeps ``2k`` candidates; their
+    distances are recomputed exactly in float64 and the ``k``-th smallest is returned. A
+    float32 dot product is off by at most
+    ``tol = d·u·(max‖b‖² + 2‖q‖·max‖b‖)`` (``d`` the dimension, ``u`` float32's unit
+    roundoff); a row whose candidates might miss a closer neighbour by that margin is redone
+    in float64 over the whole bank. The result therefore depends neither on the chunking nor on
+    BLAS blocking, and near-identical vectors keep their precision.
 
     Returns:
         ``(len(queries),)`` float64.
     """
-    if not 1 <= k <= len(bank):
-        raise OodlabError(f"k={k} must be between 1 and the number of stored features ({len(bank)})")
+    n = len(bank)
+    if not 1 <= k <= n:
+        raise OodlabError(f"k={k} must be between 1 and the number of stored features ({n})")
+    if len(queries) == 0:
+        return torch.empty(0, dtype=torch.float64)
+    n_cand = min(n, 2 * k)
     bank_sq = (bank * bank).sum(dim=1)
+    bank_max = float(bank_sq.max().sqrt())
+    unit = float(torch.finfo(torch.float32).eps) / 2
+    bank64: Tensor | None = None
+    step = max(1, min(int(chunk_size), max_elements // n))
     out = []
-    for start in range(0, len(queries), max(1, chunk_size)):
-        q = queries[start : start + max(1, chunk_size)]
-        d2 = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, beta=1.0, alpha=-2.0)
-        idx = torch.topk(d2, k, dim=1, largest=False, sorted=True).indices[:, -1]
-        diff = q.to(torch.float64) - bank[idx].to(torch.float64)
-        out.append(diff.norm(dim=1))
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+    for start in range(0, len(queries), step):
+        q = queries[start : start + step]
+        q64 = q.to(torch.float64)
+        q_sq = (q64 * q64).sum(dim=1)
+        part = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, beta=1.0, alpha=-2.0)
+        vals, idx = torch.topk(part, n_cand, dim=1, largest=False, sorted=True)
+        cand = bank[idx].to(torch.float64)  # (B, n_cand, d)
+        d2 = ((q64.unsqueeze(1) - cand) ** 2).sum(dim=2)
+        kth = d2.kthvalue(k, dim=1).values
+        if n_cand < n:
+            tol = q.shape[1] * unit * (bank_max**2 + 2 * q_sq.sqrt() * bank_max)
+            unsure = (vals[:, -1].to(torch.float64) + q_sq - 2 * tol) < kth
+            if unsure.any():
+                if bank64 is None:
+                    bank64 = bank.to(torch.float64)
+                rows = q64[unsure]
+                full = _sq_dists64(rows, bank64)
+                kth[unsure] = full.kthvalue(k, dim=1).values
+        out.append(kth.clamp(min=0).sqrt())
+    return torch.cat(out)
+
+
+def _sq_dists64(rows: Tensor, bank64: Tensor) -> Tensor:
+    """Exact squared distances ``(len(rows), len(bank64))`` in float64, a few rows at a time."""
+    parts = [((r.unsqueeze(0) - bank64) ** 2).sum(dim=1) for r in rows]
+    return torch.stack(parts)
 
 
 @register_detector("knn")

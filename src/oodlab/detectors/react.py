@@ -27,7 +27,9 @@ class ReAct(Detector):
 
     with ``z`` the penultimate features and ``h`` the model's final linear layer
     (``model.head``), computed in float64. ``percentile=100`` clips nothing on the training
-    set, and then equals the energy score on every input within its range.
+    set, and then equals the energy score on every input within its range. The percentile
+    counts the zeros of a ReLU layer too: on a sparse layer (LeNet's penultimate on
+    Fashion-MNIST is ~70% zeros) a low percentile clips at 0 and is refused.
 
     Args:
         percentile: Where to clip, in [0, 100]; the paper's default is 90.
@@ -67,7 +69,15 @@ class ReAct(Detector):
             raise OodlabError(f"detector {self.name!r}: temperature must be positive, got {self.temperature}")
         linear_head(model)
         acts = features.outputs(model, id_train, (PENULTIMATE,)).tap(PENULTIMATE)
-        self.threshold_ = float(np.percentile(acts.numpy().astype(np.float64).ravel(), self.percentile))
+        flat = acts.numpy().astype(np.float64).ravel()
+        self.threshold_ = float(np.percentile(flat, self.percentile))
+        if self.threshold_ <= flat.min():
+            # e.g. a sparse ReLU layer where more than `percentile`% of activations are 0
+            raise OodlabError(
+                f"detector {self.name!r}: the {self.percentile}th percentile of the training activations "
+                f"({self.threshold_:g}) is their minimum, so clipping there makes every score equal; "
+                f"raise percentile (share of activations at the minimum: {np.mean(flat == flat.min()):.0%})"
+            )
 
     def clipped_logits(self, feats: Tensor) -> Tensor:
         """Logits ``(N, K)`` float64 of the penultimate features ``feats`` clipped at ``threshold_``."""
