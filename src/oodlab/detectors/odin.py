@@ -13,7 +13,7 @@ from oodlab.data.imageset import ImageSet
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import select_on_validation
 from oodlab.detectors.base import INPUT_GRAD, Detector
-from oodlab.detectors.logits import TEMPERATURES, log_softmax64
+from oodlab.detectors.logits import TEMPERATURES, log_max_softmax
 from oodlab.errors import OodlabError
 from oodlab.features import model_device
 
@@ -51,7 +51,7 @@ def input_grad_signs(
 
 
 def _msp(logits: Tensor, t: float) -> Tensor:
-    return log_softmax64(logits, t).max(dim=1).values
+    return log_max_softmax(logits, t)
 
 
 @register_detector("odin")
