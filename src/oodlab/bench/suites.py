@@ -92,9 +92,29 @@ class SuiteData:
         return self.paper_val.get(ood, (self.id_val, self.ood_val))
 
 
-LENET_RECIPE = TrainConfig(
-    model="lenet", optimizer="adadelta", lr=1.0, schedule="step", gamma=0.7, epochs=3, batch_size=64
-)
+def lenet_recipe(mean: float, std: float, epochs: int) -> TrainConfig:
+    """The FSSD reference's LeNet recipe (Adadelta lr 1.0, ×0.7 per epoch, batch 64), shortened.
+
+    Inputs are standardised with the ID training set's pixel mean and std (inside the model),
+    as the reference code does; this converges faster than mapping pixels to [−1, 1].
+    """
+    return TrainConfig(
+        model="lenet",
+        model_kwargs={"mean": mean, "std": std},
+        optimizer="adadelta",
+        lr=1.0,
+        schedule="step",
+        gamma=0.7,
+        epochs=epochs,
+        batch_size=64,
+    )
+
+
+#: MNIST / Fashion-MNIST training-set pixel statistics (the values the reference code uses).
+MNIST_RECIPE = lenet_recipe(0.1307, 0.3081, epochs=3)
+FMNIST_RECIPE = lenet_recipe(0.2860, 0.3530, epochs=3)
+#: Digits 1–9 need a fourth epoch to pass 99% test accuracy.
+MNIST_HOLDOUT_RECIPE = lenet_recipe(0.1307, 0.3081, epochs=4)
 
 SUITES: dict[str, Suite] = {
     s.name: s
@@ -104,21 +124,21 @@ SUITES: dict[str, Suite] = {
             description="ID MNIST digits 1-9; OOD the held-out digit 0, Gaussian and uniform noise",
             id_dataset="mnist",
             holdout=(0,),
-            train=LENET_RECIPE,
+            train=MNIST_HOLDOUT_RECIPE,
         ),
         Suite(
             name="fmnist-vs-mnist",
             description="ID Fashion-MNIST; OOD MNIST, Gaussian and uniform noise",
             id_dataset="fashion_mnist",
             ood_datasets={"mnist": "mnist"},
-            train=LENET_RECIPE,
+            train=FMNIST_RECIPE,
         ),
         Suite(
             name="mnist-vs-fmnist",
             description="ID MNIST 0-9; OOD Fashion-MNIST, Gaussian and uniform noise",
             id_dataset="mnist",
             ood_datasets={"fashion_mnist": "fashion_mnist"},
-            train=LENET_RECIPE,
+            train=MNIST_RECIPE,
         ),
         # Same ID data, split and recipe as mnist-vs-fmnist / fmnist-vs-mnist: same cached checkpoint.
         Suite(
@@ -127,7 +147,7 @@ SUITES: dict[str, Suite] = {
             "severities",
             id_dataset="mnist",
             synthetic=(),
-            train=LENET_RECIPE,
+            train=MNIST_RECIPE,
             corruptions=CORRUPTIONS,
             n_id_test=2000,
         ),
@@ -137,7 +157,7 @@ SUITES: dict[str, Suite] = {
             "5 severities",
             id_dataset="fashion_mnist",
             synthetic=(),
-            train=LENET_RECIPE,
+            train=FMNIST_RECIPE,
             corruptions=CORRUPTIONS,
             n_id_test=2000,
         ),
