@@ -166,3 +166,51 @@ def fit_on_validation_halves(
     for i, row in enumerate(rows):
         row["candidate"] = candidates[i]  # type: ignore[assignment]
     return candidates[best], fitted[best], rows
+
+
+class ValidationEnsemble:
+    """Mixin of the two ensembles: fit the combiner on validation halves, record it, score with it.
+
+    The detector computes per-tap validation scores for every candidate of its hyperparameter
+    (``param``: ``"noise"`` or ``"perturbation"``) and calls :meth:`_fit_ensemble`; scoring goes
+    through :meth:`_combine`.
+    """
+
+    name: str
+    tuning_: dict[str, Any]
+
+    def _fit_ensemble(
+        self,
+        param: str,
+        weights_label: str,
+        taps: Sequence[str],
+        grid: Sequence[float],
+        s_id: dict[float, Tensor],
+        s_ood: dict[float, Tensor],
+        id_val: ImageSet,
+        ood_val: ImageSet,
+    ) -> float:
+        """Fit, store ``coef_``/``intercept_``/``score_mean_``/``score_std_``, record the tuning.
+
+        Returns:
+            The chosen value of ``param``.
+        """
+        best, comb, rows = fit_on_validation_halves(
+            self.name, id_val, ood_val, grid, lambda v: (s_id[v], s_ood[v])
+        )
+        self.score_mean_, self.score_std_ = comb.mean, comb.std
+        self.coef_, self.intercept_ = comb.coef, comb.intercept
+        chosen: dict[str, Any] = {
+            param: float(best),
+            weights_label: {t: float(w) for t, w in zip(taps, comb.coef / comb.std, strict=True)},
+            "criterion": "fpr95 on the second validation halves" if rows else f"none ({param} fixed)",
+        }
+        self._record_tuning(chosen, id_val, ood_val)  # type: ignore[attr-defined]
+        if rows:
+            self.tuning_["candidates"] = [
+                {param: v, "fpr95": r["fpr95"], "auroc": r["auroc"]} for v, r in zip(grid, rows, strict=True)
+            ]
+        return float(best)
+
+    def _combine(self, per_tap: Tensor) -> Tensor:
+        return combine(per_tap, self.score_mean_, self.score_std_, self.coef_, self.intercept_)

@@ -19,7 +19,6 @@ Peak memory is one batch of full maps.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from oodlab import features
 from oodlab.data.imageset import ImageSet
-from oodlab.detectors._ensemble import check_taps, combine, fit_on_validation_halves, per_instance
+from oodlab.detectors._ensemble import ValidationEnsemble, check_taps, per_instance
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import select_on_validation
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
@@ -323,7 +322,7 @@ class FSSD(_FSSDBase):
 
 
 @register_detector("fssd-ensemble")
-class FSSDEnsemble(_FSSDBase):
+class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
     """FSSD at every tap, combined by a logistic regression fitted on validation data.
 
     ``score(x) = Σ_k α_k (FSSD_k(x̃_k) − m_k) / s_k + b``: ``FSSD_k`` the distance of
@@ -391,26 +390,9 @@ class FSSDEnsemble(_FSSDBase):
         grid = self.grid if self.perturbation is None else [float(self.perturbation)]
         s_id = self._validation_distances(model, id_val, grid)
         s_ood = self._validation_distances(model, ood_val, grid)
-        best, comb, rows = fit_on_validation_halves(
-            self.name, id_val, ood_val, grid, lambda m: (s_id[m], s_ood[m])
+        self.perturbation_ = self._fit_ensemble(
+            "perturbation", "alpha", taps, grid, s_id, s_ood, id_val, ood_val
         )
-        self.perturbation_ = float(best)
-        self.score_mean_, self.score_std_ = comb.mean, comb.std
-        self.coef_, self.intercept_ = comb.coef, comb.intercept
-        chosen: dict[str, Any] = {
-            "perturbation": self.perturbation_,
-            "alpha": {t: float(a) for t, a in zip(taps, comb.coef / comb.std, strict=True)},
-            "criterion": "fpr95 on the second validation halves" if rows else "none (perturbation fixed)",
-        }
-        self._record_tuning(chosen, id_val, ood_val)
-        if rows:
-            self.tuning_["candidates"] = [
-                {"perturbation": m, "fpr95": r["fpr95"], "auroc": r["auroc"]}
-                for m, r in zip(grid, rows, strict=True)
-            ]
-
-    def _combine(self, per_tap: Tensor) -> Tensor:
-        return combine(per_tap, self.score_mean_, self.score_std_, self.coef_, self.intercept_)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return self._combine(self._distances_from_outputs(out))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +17,8 @@ from torch import Tensor, nn
 from oodlab import features
 from oodlab.data.imageset import ImageSet
 from oodlab.detectors._ensemble import (
+    ValidationEnsemble,
     check_taps,
-    combine,
-    fit_on_validation_halves,
     per_instance,
     sign_step,
 )
@@ -326,7 +324,7 @@ class Mahalanobis(_MahalanobisBase):
 
 
 @register_detector("mahalanobis-ensemble")
-class MahalanobisEnsemble(_MahalanobisBase):
+class MahalanobisEnsemble(ValidationEnsemble, _MahalanobisBase):
     """Mahalanobis scores at every tap, combined by a logistic regression fitted on validation data.
 
     ``score(x) = Σ_k w_k (M_k(x̃_k) − m_k) / s_k + b``, where ``M_k`` is the ``mahalanobis``
@@ -403,26 +401,7 @@ class MahalanobisEnsemble(_MahalanobisBase):
         grid = self.grid if self.noise is None else [float(self.noise)]
         s_id = self._validation_scores(model, id_val, grid)
         s_ood = self._validation_scores(model, ood_val, grid)
-        best, comb, rows = fit_on_validation_halves(
-            self.name, id_val, ood_val, grid, lambda e: (s_id[e], s_ood[e])
-        )
-        self.noise_ = float(best)
-        self.score_mean_, self.score_std_ = comb.mean, comb.std
-        self.coef_, self.intercept_ = comb.coef, comb.intercept
-        chosen: dict[str, Any] = {
-            "noise": self.noise_,
-            "weights": {t: float(w) for t, w in zip(taps, comb.coef / comb.std, strict=True)},
-            "criterion": "fpr95 on the second validation halves" if rows else "none (ε fixed)",
-        }
-        self._record_tuning(chosen, id_val, ood_val)
-        if rows:
-            self.tuning_["candidates"] = [
-                {"noise": e, "fpr95": r["fpr95"], "auroc": r["auroc"]}
-                for e, r in zip(grid, rows, strict=True)
-            ]
-
-    def _combine(self, per_tap: Tensor) -> Tensor:
-        return combine(per_tap, self.score_mean_, self.score_std_, self.coef_, self.intercept_)
+        self.noise_ = self._fit_ensemble("noise", "weights", taps, grid, s_id, s_ood, id_val, ood_val)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return self._combine(self._per_tap_from_outputs(out))
