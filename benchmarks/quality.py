@@ -1,7 +1,8 @@
 """Quality benchmark: every detector on the three suites, both tuning protocols, several seeds.
 
-Runs ``oodlab bench`` once per (suite, protocol) — models are trained once per seed and cached,
-so the second protocol reuses them — then writes mean ± std tables (over seeds) and the gap
+Runs ``oodlab bench`` once per (suite, protocol, seed), each into its own resumable folder —
+models are trained once per seed and cached, so the second protocol reuses them; a folder that
+already holds a finished run is resumed at no cost — then writes mean ± std tables (over seeds) and the gap
 between each detector's blind figure and its paper-protocol figure. From the repository root:
 
     .venv/bin/python benchmarks/quality.py      # 3 suites × 2 protocols × seeds 0,1,2
@@ -31,12 +32,12 @@ PROTOCOLS = ("blind", "paper")
 MAIN_OOD = {"fmnist-vs-mnist": "mnist", "mnist-holdout0": "mnist-0", "mnist-vs-fmnist": "fashion_mnist"}
 
 
-def run_dir(root: Path, suite: str, protocol: str) -> Path:
-    return root / f"{suite}-{protocol}"
+def run_dir(root: Path, suite: str, protocol: str, seed: int) -> Path:
+    return root / f"{suite}-{protocol}-seed{seed}"
 
 
-def run(root: Path, suite: str, protocol: str, seeds: str, detectors: str) -> float:
-    out = run_dir(root, suite, protocol)
+def run(root: Path, suite: str, protocol: str, seed: int, detectors: str) -> float:
+    out = run_dir(root, suite, protocol, seed)
     cmd = [
         sys.executable,
         "-m",
@@ -46,8 +47,8 @@ def run(root: Path, suite: str, protocol: str, seeds: str, detectors: str) -> fl
         suite,
         "--protocol",
         protocol,
-        "--seeds",
-        seeds,
+        "--seed",
+        str(seed),
         "--detectors",
         detectors,
         "--out",
@@ -150,16 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     walls = {}
     if not args.aggregate_only:
-        for suite in args.suites.split(","):
-            for protocol in args.protocols.split(","):
-                walls[f"{suite}/{protocol}"] = run(args.root, suite, protocol, args.seeds, args.detectors)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for suite in args.suites.split(","):
+                for protocol in args.protocols.split(","):
+                    key = f"{suite}/{protocol}/seed {seed}"
+                    walls[key] = run(args.root, suite, protocol, seed, args.detectors)
     rows = []
-    for path in sorted(args.root.glob("*/results.json")):
+    for path in sorted(args.root.glob("*-seed*/results.json")):
         rows += json.loads(path.read_text())
     text = tables(rows)
     if walls:
         text += (
-            "\nWall time per run (models cached after the first protocol): "
+            "\nWall time of each run of this invocation (a resumed run costs nothing; models "
+            "are cached after the first protocol): "
             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
             + "\n"
         )

@@ -111,7 +111,7 @@ def measure_model(label: str, model: torch.nn.Module, data: Any, names: list[str
     free = [n for n in names if "input_grad" not in fitted[n].needs]
     # Shared path: one pass with every tap, then every detector reads it.
     with features.using_cache(OutputsCache()) as cache:
-        taps = sorted({t for n in free for t in fitted[n].required_taps(model)})
+        taps = features.unique_specs(t for n in free for t in fitted[n].required_taps(model))
         _, t_shared = timed(
             lambda: [cache.get(model, test, taps)] + [fitted[n].score_set(test) for n in free]
         )
@@ -162,7 +162,8 @@ def odin_tuning_passes(model: torch.nn.Module, data: Any) -> dict[str, float]:
         )
     finally:
         handle.remove()
-    n_val = len(data.id_val) + len(data.ood_val)
+    chosen = det.tuning()["chosen"]
+    n_val = chosen["n_id_val"] + chosen["n_ood_val"]  # the images tuning used (tune_max per set)
     n_t, n_eps = len(det.temperatures), len(det.noises)
     return {
         "seconds": t,

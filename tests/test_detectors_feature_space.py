@@ -206,10 +206,11 @@ def test_fssd_score_is_the_euclidean_distance(tap: str, tiny_setup: dict) -> Non
     f = extract(s["model"], x, [tap]).tap(tap).flatten(1).numpy().astype(np.float64)
     expected = np.linalg.norm(f - det.centres_.numpy(), axis=1)
     np.testing.assert_allclose(det.score(x).numpy(), expected, rtol=1e-5)
-    if tap == "conv1":  # full conv maps are never asked of the shared pass
-        assert det.required_taps(s["model"]) == () and "input_grad" in det.needs
-    else:
-        assert det.required_taps(s["model"]) == (tap,) and det.needs == TAPS
+    # the shared pass is asked for the distance only, never the full map
+    (spec,) = det.required_taps(s["model"])
+    assert det.needs == TAPS and spec.tap == tap and spec.key != tap
+    out = extract(s["model"], x, [spec])
+    assert set(out.taps) == {spec.key} and out.tap(spec).shape == (5,)
 
 
 def test_fssd_perturbation_and_tuning(tiny_setup: dict) -> None:
@@ -233,8 +234,32 @@ def test_fssd_errors(tiny_setup: dict) -> None:
         with pytest.raises(OodlabError, match=f"{name}.*id_val and ood_val"):
             create_detector(name, **params).fit(s["model"], s["id_train"])
     det = create_detector("fssd", tap="conv2").fit(s["model"], s["id_train"])
-    with pytest.raises(OodlabError, match="does not keep"):
+    with pytest.raises(OodlabError, match="was not computed"):
         det.score_outputs(extract(s["model"], s["id_test"].tensor(0, 4)))
+    moved = create_detector("fssd", perturbation=0.01).fit(s["model"], s["id_train"])
+    with pytest.raises(OodlabError, match="needs input gradients"):
+        moved.score_outputs(extract(s["model"], s["id_test"].tensor(0, 4)))
+
+
+def test_fssd_unfitted_and_fitted_share_one_pass(tiny_setup: dict) -> None:
+    """The runner asks unfitted detectors for their taps; fitting must reuse that pass."""
+    from oodlab.features import OutputsCache, using_cache
+
+    s = tiny_setup
+    kw = {"id_val": s["id_val"], "ood_val": s["ood_val"]}
+    with using_cache(OutputsCache()) as cache:
+        dets = [create_detector("fssd", tap="conv2"), create_detector("fssd-ensemble")]
+        specs = [t for d in dets for t in d.required_taps(s["model"])]
+        for images in (s["id_train"], s["id_val"], s["ood_val"], s["id_test"]):
+            cache.get(s["model"], images, specs)
+        passes = cache.forward_passes
+        for d in dets:
+            d.fit(s["model"], s["id_train"], **kw)
+            d.score_set(s["id_test"])
+        assert cache.forward_passes == passes  # fitting and scoring ran no further pass
+    # the same scores as from raw images
+    for d in dets:
+        torch.testing.assert_close(d.score_set(s["id_test"]), d.score(s["id_test"].tensor()))
 
 
 def test_fssd_ensemble_weights_and_auroc(tiny_setup: dict) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oodlab import OodlabError
-from oodlab.features import Outputs, OutputsCache, extract, model_fingerprint, parse_tap
+from oodlab.features import Outputs, OutputsCache, ReducedTap, extract, model_fingerprint, parse_tap
 
 
 def test_extract_returns_logits_and_requested_taps(tiny_setup: dict) -> None:
@@ -103,3 +103,20 @@ def test_using_cache_swaps_the_process_cache(tiny_setup: dict) -> None:
     with features.using_cache(mine):
         features.outputs(tiny_setup["model"], tiny_setup["id_test"])
     assert mine.forward_passes == 1 and features.default_cache is not mine
+
+
+def test_reduced_tap_keeps_only_the_summary_and_merges_into_the_cache(tiny_setup: dict, tmp_path) -> None:
+    model, images = tiny_setup["model"], tiny_setup["id_test"]
+    norm = ReducedTap("conv2", "conv2@norm", lambda v, x: v.flatten(1).norm(dim=1))
+    first = extract(model, images, [norm, "penultimate"], batch_size=7)
+    full = extract(model, images, ["conv2"]).tap("conv2").flatten(1).norm(dim=1)
+    torch.testing.assert_close(first.tap(norm), full)
+    assert set(first.taps) == {"conv2@norm", "penultimate"}
+    on_logits = ReducedTap("logits", "logits@max", lambda v, x: v.max(1).values)
+    torch.testing.assert_close(extract(model, images, [on_logits]).tap("logits@max"), first.logits.max(1).values)
+    cache = OutputsCache(disk_dir=tmp_path)
+    cache.get(model, images, ["penultimate"])
+    merged = cache.get(model, images, [norm])  # only the missing reduction is computed
+    assert cache.forward_passes == 2 and set(merged.taps) == {"penultimate", "conv2@norm"}
+    again = OutputsCache(disk_dir=tmp_path).get(model, images, [norm, "penultimate"])
+    torch.testing.assert_close(again.tap("conv2@norm"), full)

@@ -5,6 +5,10 @@ benchmark pays one forward pass per (model, dataset) however many detectors it r
 Tap requests are tap names, optionally with a reducer: ``"conv2@mean"`` is the spatial mean
 of the ``conv2`` map, ``(N, C)`` — the pooling Mahalanobis uses — computed on the fly so the
 full map is never stored. ``"logits"`` is accepted as a tap name and means the logits.
+
+A detector that needs another per-image summary of a full map (FSSD's distance to a centre)
+passes a :class:`ReducedTap`: a tap name, a unique key, and a function applied to each batch's
+map inside the pass, so only the summary is kept.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,37 @@ LOGITS = "logits"
 _REDUCERS = ("mean",)
 
 
+@dataclass(frozen=True)
+class ReducedTap:
+    """A per-image summary of tap ``tap`` computed batch by batch inside the forward pass.
+
+    ``fn(value, x)`` maps one batch's full tap value (``(B, ...)``; the logits for
+    ``tap="logits"``) and the batch's input images to ``(B, ...)``; the result is kept under
+    ``key``. Two reductions with the same key must compute the same thing, because outputs are
+    cached (in memory and on disk) under the key alone, next to the model's and images' hashes:
+    put every parameter of the reduction that does not follow from the model in the key.
+    """
+
+    tap: str
+    key: str
+    fn: Callable[[Tensor, Tensor], Tensor] = field(compare=False, repr=False)
+
+
+#: What a detector may ask the shared pass for: a tap spec string or a reduction.
+TapSpec = str | ReducedTap
+
+
+def spec_key(spec: TapSpec) -> str:
+    """The name a tap request is stored under in :class:`Outputs`."""
+    return spec.key if isinstance(spec, ReducedTap) else spec
+
+
+def unique_specs(specs: Iterable[TapSpec]) -> list[TapSpec]:
+    """``specs`` without repeated keys, ordered by key (a deterministic order for any input)."""
+    by_key = {spec_key(s): s for s in specs}
+    return [by_key[k] for k in sorted(by_key)]
+
+
 @dataclass
 class Outputs:
     """Logits ``(N, K)`` and named taps ``{name: (N, ...)}`` of one model on one set of images."""
@@ -41,15 +76,16 @@ class Outputs:
     def __len__(self) -> int:
         return len(self.logits)
 
-    def tap(self, spec: str) -> Tensor:
+    def tap(self, spec: TapSpec) -> Tensor:
         """The tap ``spec`` (``"logits"`` gives the logits); a clear error if it was not computed."""
-        if spec == LOGITS:
+        key = spec_key(spec)
+        if key == LOGITS:
             return self.logits
-        if spec not in self.taps:
+        if key not in self.taps:
             raise OodlabError(
-                f"tap {spec!r} was not computed; computed taps: {', '.join(sorted(self.taps)) or 'none'}"
+                f"tap {key!r} was not computed; computed taps: {', '.join(sorted(self.taps)) or 'none'}"
             )
-        return self.taps[spec]
+        return self.taps[key]
 
     def subset(self, index: Tensor | np.ndarray | slice) -> Outputs:
         """The outputs of the inputs at ``index``."""
@@ -69,6 +105,17 @@ def _reduce(t: Tensor, reducer: str | None) -> Tensor:
     if reducer == "mean" and t.ndim > 2:
         return t.flatten(2).mean(2)
     return t
+
+
+def _source_tap(spec: TapSpec) -> str:
+    return spec.tap if isinstance(spec, ReducedTap) else parse_tap(spec)[0]
+
+
+def _apply(spec: TapSpec, logits: Tensor, raw: dict[str, Tensor], x: Tensor) -> Tensor:
+    if isinstance(spec, ReducedTap):
+        return spec.fn(logits if spec.tap == LOGITS else raw[spec.tap], x)
+    name, reducer = parse_tap(spec)
+    return _reduce(raw[name], reducer)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -98,7 +145,7 @@ def _batches(images: ImageSet | Tensor, batch_size: int) -> Iterable[Tensor]:
 def extract(
     model: nn.Module,
     images: ImageSet | Tensor,
-    taps: Iterable[str] = (),
+    taps: Iterable[TapSpec] = (),
     *,
     batch_size: int = 256,
 ) -> Outputs:
@@ -108,14 +155,14 @@ def extract(
         model: A :class:`~oodlab.models.TappedModel`, or any ``nn.Module`` returning logits
             when no taps are requested.
         images: An :class:`ImageSet` or a float tensor ``(N, C, H, W)`` in [0, 1].
-        taps: Tap specs to keep (see the module docstring).
+        taps: Tap specs to keep (see the module docstring), strings or :class:`ReducedTap`.
         batch_size: Images per forward pass; results do not depend on it beyond float rounding.
 
     Returns:
         Outputs on the CPU, in float32. The model's train/eval mode is restored afterwards.
     """
-    specs = sorted(set(taps) - {LOGITS})
-    names = {parse_tap(s)[0] for s in specs}
+    specs = [s for s in unique_specs(taps) if s != LOGITS]
+    names = {_source_tap(s) for s in specs} - {LOGITS}
     if specs and not hasattr(model, "forward_taps"):
         raise OodlabError(f"{type(model).__name__} does not name its taps; wrap it in a TappedModel")
     if hasattr(model, "check_input") and len(images):
@@ -125,15 +172,14 @@ def extract(
     was_training = model.training
     model.eval()
     logits: list[Tensor] = []
-    kept: dict[str, list[Tensor]] = {s: [] for s in specs}
+    kept: dict[str, list[Tensor]] = {spec_key(s): [] for s in specs}
     try:
         for xb in _batches(images, batch_size):
             xb = xb.to(device)
             if specs:
                 lb, raw = model.forward_taps(xb, names)  # type: ignore[operator]
                 for s in specs:
-                    name, reducer = parse_tap(s)
-                    kept[s].append(_reduce(raw[name], reducer).float().cpu())
+                    kept[spec_key(s)].append(_apply(s, lb, raw, xb).float().cpu())
             else:
                 lb = model(xb)
             logits.append(lb.float().cpu())
@@ -148,8 +194,8 @@ class OutputsCache:
     """Memo of `Outputs` keyed by (model content, image-set content), in memory and optionally on disk.
 
     Asking again for a subset of the taps already computed costs nothing; asking for new taps
-    recomputes once with the union, so callers that know every tap up front (the bench runner)
-    pay exactly one forward pass per dataset.
+    runs one pass for the missing ones and merges them in, so callers that know every tap up
+    front (the bench runner) pay exactly one forward pass per dataset.
 
     With ``disk_dir``, outputs are also written there as safetensors files named by the model's
     and the images' content hashes, so a later process reuses them; a changed model or dataset
@@ -166,19 +212,21 @@ class OutputsCache:
         self.forward_passes = 0
         self.disk_hits = 0
 
-    def get(self, model: nn.Module, images: ImageSet, taps: Iterable[str] = ()) -> Outputs:
+    def get(self, model: nn.Module, images: ImageSet, taps: Iterable[TapSpec] = ()) -> Outputs:
         """Outputs of ``model`` on ``images`` with at least the taps ``taps``."""
-        wanted = set(taps) - {LOGITS}
+        wanted = [s for s in unique_specs(taps) if s != LOGITS]
         key = (model_fingerprint(model), images.fingerprint)
         cached = self._store.get(key)
         if cached is None and self.disk_dir is not None:
             cached = self._load(key)
-        if cached is not None and wanted <= set(cached.taps):
+        missing = [s for s in wanted if cached is None or spec_key(s) not in cached.taps]
+        if cached is not None and not missing:
             self._remember(key, cached)
             return cached
-        union = wanted | (set(cached.taps) if cached is not None else set())
-        out = extract(model, images, union)
+        out = extract(model, images, missing)
         self.forward_passes += 1
+        if cached is not None:
+            out = Outputs(cached.logits, {**cached.taps, **out.taps})
         self._remember(key, out)
         if self.disk_dir is not None:
             self._save(key, out)
@@ -229,7 +277,7 @@ class OutputsCache:
 default_cache = OutputsCache()
 
 
-def outputs(model: nn.Module, images: ImageSet, taps: Iterable[str] = ()) -> Outputs:
+def outputs(model: nn.Module, images: ImageSet, taps: Iterable[TapSpec] = ()) -> Outputs:
     """Cached :func:`extract` through :data:`default_cache`."""
     return default_cache.get(model, images, taps)
 

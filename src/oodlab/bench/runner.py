@@ -271,7 +271,7 @@ def _run_group(
     # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
     # on the training set's taps too). Logit-only detectors learn nothing from the training set,
     # so it is run through the model only when some detector reads taps.
-    taps = sorted({t for d in detectors for t in d.required_taps(model)})
+    taps = features.unique_specs(t for d in detectors for t in d.required_taps(model))
     sets = [data.id_train] if taps else []
     sets += [data.id_test, *data.ood_tests.values()]
     sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]

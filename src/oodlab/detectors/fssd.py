@@ -5,15 +5,15 @@ the *feature space singularity* ``F*``, which uniform noise images reveal: the m
 features over noise. The distance of an input's features to ``F*`` is then an ID score.
 
 Memory: FSSD reads a tap's *full, flattened* map (not pooled). For a conv tap that is large
-(LeNet's ``conv2`` is 36,864 floats per image, 1.5 GB for 10,000 images), and the shared forward
-pass (``features.outputs``) keeps whatever ``required_taps`` returns for *every* image set the
-bench touches, the ID training set included, which FSSD never reads. So only the penultimate
-vector and the logits (small) are scored from the shared pass; for any other tap the detector
-runs the model itself, batch by batch (``batch_size`` images at a time), and keeps only the
-distances. It then declares ``"input_grad"`` in :attr:`needs`, which is how the
-:class:`~oodlab.detectors.base.Detector` protocol routes a detector to batched scoring of raw
-images (:meth:`score`/:meth:`score_set` run ``_score_inputs``), even when it takes no gradient.
-Peak memory is one batch of full maps.
+(LeNet's ``conv2`` is 36,864 floats per image, 1.5 GB for 10,000 images), so the detector never
+asks the shared forward pass for the maps: it asks for a :class:`~oodlab.features.ReducedTap`
+per tap, the distance to ``F*`` computed batch by batch inside the pass, and only that ``(N,)``
+vector is kept (and cached on disk). Without perturbation FSSD is therefore scored from the
+same single pass as every other gradient-free detector. ``F*`` follows from the model, the noise
+seed and count, and the image shape; it is computed once per model and shape (100 noise images)
+the first time a batch of that shape is seen, and fitting uses the same centres.
+With a perturbation the detector needs input gradients and runs the model itself, batch by
+batch, keeping only the distances; peak memory is one batch of full maps.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from oodlab.detectors._tuning import select_on_validation
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
 from oodlab.detectors.mahalanobis import eval_mode
 from oodlab.errors import OodlabError
-from oodlab.features import LOGITS, Outputs, model_device
+from oodlab.features import LOGITS, Outputs, ReducedTap, model_device, model_fingerprint
 from oodlab.models.base import PENULTIMATE
 
 #: The reference's perturbation magnitudes (``search_FSS_hyperparams``), 22 values.
@@ -40,8 +40,6 @@ PERTURBATIONS: tuple[float, ...] = (
     0.2, 0.18, 0.16, 0.14, 0.12, 0.1, 0.08, 0.06, 0.04, 0.02, 0.01,
     0.008, 0.006, 0.004, 0.002, 0.001, 0.0008, 0.0006, 0.0004, 0.0002, 0.0001, 0.0,
 )  # fmt: skip
-#: Taps small enough to be kept by the shared forward pass.
-SHARED_PASS_TAPS = frozenset({PENULTIMATE, LOGITS})
 
 
 # -- the singularity and the distance, on tensors ------------------------------------------
@@ -136,9 +134,8 @@ def _batches(images: ImageSet, batch_size: int) -> Iterator[Tensor]:
 
 
 def _needs(det: _FSSDBase) -> frozenset[str]:
-    """``taps`` when scored from the shared pass; else ``input_grad`` (batched raw scoring)."""
-    taps = getattr(det, "taps_", None) or det._declared_taps()
-    return TAPS if det._uses_shared_pass(taps) else INPUT_GRAD
+    """``taps`` when scored from the shared pass (no perturbation); else ``input_grad``."""
+    return TAPS if det._uses_shared_pass() else INPUT_GRAD
 
 
 class _FSSDBase(Detector):
@@ -149,22 +146,53 @@ class _FSSDBase(Detector):
     perturbation: float | None
     grid: list[float]
 
-    def _declared_taps(self) -> list[str] | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def _taps(self, model: nn.Module) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _uses_shared_pass(self, taps: Sequence[str] | None) -> bool:
+    def _uses_shared_pass(self) -> bool:
         m = getattr(self, "perturbation_", self.perturbation)
-        return m is not None and m == 0 and taps is not None and set(taps) <= SHARED_PASS_TAPS
+        return m is not None and m == 0
 
     needs = per_instance(TAPS)(_needs)  # type: ignore[assignment]
 
-    def required_taps(self, model: nn.Module) -> tuple[str, ...]:
-        taps = self._taps(model)
+    def required_taps(self, model: nn.Module) -> tuple[ReducedTap, ...]:
+        """One :class:`~oodlab.features.ReducedTap` per tap: the distance to ``F*``, ``(N,)``."""
+        if not self._uses_shared_pass():
+            return ()
+        taps = getattr(self, "taps_", None) or self._taps(model)
         check_taps(self.name, model, taps, allow_logits=True)
-        return tuple(taps) if self._uses_shared_pass(taps) else ()
+        return self._distance_taps(model, taps)
+
+    def _distance_taps(self, model: nn.Module, taps: Sequence[str]) -> tuple[ReducedTap, ...]:
+        fingerprint = model_fingerprint(model)  # once per pass, not per batch
+        return tuple(self._distance_tap(model, t, fingerprint) for t in taps)
+
+    def _distance_tap(self, model: nn.Module, tap: str, fingerprint: str) -> ReducedTap:
+        def distance(value: Tensor, x: Tensor) -> Tensor:
+            return fss_distance(value, self._centres_for(model, tuple(x.shape[1:]), fingerprint)[tap])
+
+        # F* follows from the model (part of every cache key), the image shape (part of the
+        # images' hash), the noise count and seed: those two go in the key.
+        return ReducedTap(tap, f"{tap}@fssd(n_noise={int(self.n_noise)},seed={int(self.seed)})", distance)
+
+    def _centres_for(
+        self, model: nn.Module, shape: tuple[int, ...], fingerprint: str | None = None
+    ) -> dict[str, Tensor]:
+        """``F*`` of every tap for ``model`` and images of ``shape``, computed once and memoised.
+
+        A fitted detector uses its own (saved) centres for images of the shape it was fitted on.
+        """
+        if getattr(self, "image_shape_", None) == list(shape):
+            return self._centres()
+        taps = getattr(self, "taps_", None) or self._taps(model)
+        fingerprint = fingerprint or model_fingerprint(model)
+        key = (fingerprint, shape, int(self.n_noise), int(self.seed), tuple(taps))
+        memo = self.__dict__.setdefault("_centre_memo", {})
+        if key not in memo:
+            noise = noise_images(model, shape, self.n_noise, self.seed)  # type: ignore[arg-type]
+            memo.clear()
+            memo[key] = singularity(model, noise, taps, self.batch_size)
+        return memo[key]
 
     def _check_params(self) -> None:
         if int(self.n_noise) < 1:
@@ -177,18 +205,19 @@ class _FSSDBase(Detector):
         self._check_params()
         taps = self._taps(model)
         check_taps(self.name, model, taps, allow_logits=True)
-        noise = noise_images(model, id_train.shape, self.n_noise, self.seed)
-        centres = singularity(model, noise, taps, self.batch_size)
+        centres = self._centres_for(model, tuple(id_train.shape))
         self.taps_ = list(taps)
         self.dims_ = [int(centres[t].numel()) for t in taps]
         self.centres_ = torch.cat([centres[t] for t in taps])
+        self.image_shape_ = list(id_train.shape)
         return taps
 
     def _centres(self) -> dict[str, Tensor]:
         return dict(zip(self.taps_, torch.split(self.centres_, self.dims_), strict=True))
 
     def _distances_from_outputs(self, out: Outputs) -> Tensor:
-        return torch.stack([fss_distance(out.tap(t), c) for t, c in self._centres().items()], dim=1)
+        specs = self.required_taps(self.model_)
+        return torch.stack([out.tap(s).to(torch.float64) for s in specs], dim=1)
 
     def _distances_from_inputs(self, x: Tensor, m: float) -> Tensor:
         model, centres = self.model_, self._centres()
@@ -209,12 +238,9 @@ class _FSSDBase(Detector):
         centres = self._centres()
         result: dict[float, Tensor] = {}
         if any(m == 0 for m in candidates):
-            if set(self.taps_) <= SHARED_PASS_TAPS:
-                result[0.0] = self._distances_from_outputs(features.outputs(model, images, self.taps_))
-            else:
-                result[0.0] = torch.cat(
-                    [self._distances_from_inputs(xb, 0.0) for xb in _batches(images, self.batch_size)]
-                )
+            specs = self._distance_taps(model, self.taps_)
+            out = features.outputs(model, images, specs)
+            result[0.0] = torch.stack([out.tap(s).to(torch.float64) for s in specs], dim=1)
         positive = [float(m) for m in candidates if m > 0]
         if positive:
             chunks: dict[float, list[Tensor]] = {m: [] for m in positive}
@@ -227,18 +253,6 @@ class _FSSDBase(Detector):
                         chunks[m].append(perturbed_distances(model, xb, directions, m, centres))
             result.update({m: torch.cat(c) for m, c in chunks.items()})
         return result
-
-    def score_outputs(self, out: Outputs) -> Tensor:
-        """Scores from a shared forward pass (only when :attr:`needs` lacks ``input_grad``)."""
-        self._check_fitted()
-        if "input_grad" in self.needs and self.perturbation_ == 0:
-            full = ", ".join(sorted(set(self.taps_) - SHARED_PASS_TAPS))
-            raise OodlabError(
-                f"detector {self.name!r} reads full maps ({full}) "
-                "that the shared forward pass does not keep (too large); like the input-gradient "
-                "detectors it runs the model itself: call score(x) or score_set(images)"
-            )
-        return super().score_outputs(out)
 
 
 @register_detector("fssd")
@@ -293,9 +307,6 @@ class FSSD(_FSSDBase):
         self.seed = seed
         self.perturbation = perturbation
         self.grid = [float(m) for m in grid]
-
-    def _declared_taps(self) -> list[str]:
-        return [self.tap]
 
     def _taps(self, model: nn.Module) -> list[str]:
         return [self.tap]
@@ -368,9 +379,6 @@ class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
         self.seed = seed
         self.perturbation = perturbation
         self.grid = [float(m) for m in grid]
-
-    def _declared_taps(self) -> list[str] | None:
-        return self.taps
 
     def _taps(self, model: nn.Module) -> list[str]:
         if self.taps is not None:
