@@ -113,7 +113,9 @@ def test_reduced_tap_keeps_only_the_summary_and_merges_into_the_cache(tiny_setup
     torch.testing.assert_close(first.tap(norm), full)
     assert set(first.taps) == {"conv2@norm", "penultimate"}
     on_logits = ReducedTap("logits", "logits@max", lambda v, x: v.max(1).values)
-    torch.testing.assert_close(extract(model, images, [on_logits]).tap("logits@max"), first.logits.max(1).values)
+    torch.testing.assert_close(
+        extract(model, images, [on_logits]).tap("logits@max"), first.logits.max(1).values
+    )
     cache = OutputsCache(disk_dir=tmp_path)
     cache.get(model, images, ["penultimate"])
     merged = cache.get(model, images, [norm])  # only the missing reduction is computed
