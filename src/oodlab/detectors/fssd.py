@@ -83,9 +83,16 @@ def singularity(
 
 
 def fss_distance(feats: Tensor, centre: Tensor) -> Tensor:
-    """``‖F − F*‖₂`` per row, float64 ``(N,)``."""
-    f = feats.to(torch.float64).reshape(len(feats), -1)
-    return (f - centre.to(device=f.device, dtype=torch.float64)).norm(dim=1)
+    """``‖F − F*‖₂`` per input, ``(N,)`` float64; ``feats`` ``(N, ...)``, ``centre`` flattened.
+
+    Computed in the features' dtype (float32) over the map as it lies in memory: the shared pass
+    runs this on every batch of full conv maps, where a float64 copy costs as much memory
+    traffic as the forward pass itself. The difference is taken before squaring (no
+    ``‖F‖² − 2F·F* + ‖F*‖²`` cancellation), so small distances keep float32's relative accuracy.
+    """
+    c = centre.to(device=feats.device, dtype=feats.dtype).reshape(feats.shape[1:])
+    dims = tuple(range(1, feats.ndim))
+    return torch.linalg.vector_norm(feats - c, dim=dims).to(torch.float64)
 
 
 def standardised_gradients(
