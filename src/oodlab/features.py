@@ -171,23 +171,37 @@ def extract(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    logits: list[Tensor] = []
-    kept: dict[str, list[Tensor]] = {spec_key(s): [] for s in specs}
+    n = len(images)
+    # Results go straight into tensors allocated once for the whole set: appending each batch's
+    # small output and concatenating at the end left one live block per batch among the freed
+    # activations, which kept the allocator from returning them (1.9 GB peak for 55k LeNet
+    # logits) and doubled the result at the end.
+    result: dict[str, Tensor] = {}
+
+    def put(key: str, value: Tensor, start: int) -> None:
+        value = value.detach()
+        if key not in result:
+            result[key] = torch.empty((n, *value.shape[1:]), dtype=torch.float32)
+        result[key][start : start + len(value)] = value
+
     try:
+        start = 0
         for xb in _batches(images, batch_size):
             xb = xb.to(device)
             if specs:
                 lb, raw = model.forward_taps(xb, names)  # type: ignore[operator]
                 for s in specs:
-                    kept[spec_key(s)].append(_apply(s, lb, raw, xb).float().cpu())
+                    put(spec_key(s), _apply(s, lb, raw, xb), start)
             else:
                 lb = model(xb)
-            logits.append(lb.float().cpu())
+            put(LOGITS, lb, start)
+            start += len(xb)
     finally:
         model.train(was_training)
-    if not logits:
+    if n == 0:
         raise OodlabError("no images to run the model on (empty image set)")
-    return Outputs(torch.cat(logits), {s: torch.cat(v) for s, v in kept.items()})
+    logits = result.pop(LOGITS)
+    return Outputs(logits, result)
 
 
 class OutputsCache:
