@@ -12,8 +12,7 @@ from typing import Any
 from tabulate import tabulate
 
 from oodlab.bench.aggregate import aggregate, pm
-from oodlab.bench.report import METRIC_COLUMNS, _by_suite, _tuning_lines, corruption_grid
-from oodlab.data.corruptions import SEVERITIES
+from oodlab.bench.report import METRIC_COLUMNS, _by_suite, _tuning_lines, corruption_rows
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; }
@@ -69,20 +68,8 @@ def _summary_table(agg: Sequence[dict[str, Any]]) -> str:
 
 
 def _corruption_table(agg: Sequence[dict[str, Any]]) -> str:
-    n_seeds = max((a["n_seeds"] for a in agg), default=1)
-    body = []
-    for det, by_corruption in corruption_grid(agg).items():
-        for corruption, by_sev in by_corruption.items():
-            means = [v["mean"] for v in by_sev.values()]
-            body.append(
-                [
-                    _esc(det),
-                    _esc(corruption),
-                    *(pm(by_sev.get(s), n_seeds) for s in SEVERITIES),
-                    f"{100 * sum(means) / len(means):.2f}",
-                ]
-            )
-    return _table(["detector", "corruption", *(f"sev {s}" for s in SEVERITIES), "mean"], body)
+    header, body = corruption_rows(agg)
+    return _table(header, [[_esc(cell) for cell in row] for row in body])
 
 
 def _figure(fig: dict[str, str], suite: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from oodlab.bench.aggregate import aggregate, pm
+from oodlab.bench.aggregate import AGG_METRICS, aggregate, pm
 from oodlab.bench.cells import CellSpec, CellStore, read_manifest
 from oodlab.data.corruptions import SEVERITIES
 from oodlab.errors import OodlabError
@@ -36,16 +36,7 @@ CSV_COLUMNS = (
     "protocol",
     "detector",
     "ood",
-    "auroc",
-    "aupr_in",
-    "aupr_out",
-    "fpr95",
-    "detection_error",
-    "fpr80",
-    "fpr95_ood_positive",
-    "id_accepted",
-    "ood_rejected",
-    "id_accuracy",
+    *AGG_METRICS,
     "threshold",
     "n_id",
     "n_ood",
@@ -80,8 +71,8 @@ def corruption_grid(agg: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[i
     return grid
 
 
-def corruption_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
-    """AUROC (%) per detector × corruption (rows) and severity (columns), plus the mean over severities."""
+def corruption_rows(agg: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the AUROC (%) table per detector × corruption and severity (+ mean)."""
     n_seeds = max((a["n_seeds"] for a in agg), default=1)
     header = ["detector", "corruption", *(f"sev {s}" for s in SEVERITIES), "mean"]
     body = []
@@ -96,6 +87,12 @@ def corruption_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
                     f"{100 * sum(means) / len(means):.2f}",
                 ]
             )
+    return header, body
+
+
+def corruption_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
+    """AUROC (%) per detector × corruption (rows) and severity (columns), plus the mean over severities."""
+    header, body = corruption_rows(agg)
     return tabulate(body, headers=header, tablefmt=fmt, disable_numparse=True)
 
 

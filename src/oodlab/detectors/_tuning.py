@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from torch import Tensor
 
 from oodlab.metrics import auroc, fpr_at_tpr
+
+if TYPE_CHECKING:
+    from oodlab.data.imageset import ImageSet
+    from oodlab.detectors.base import Detector
 
 C = TypeVar("C")
 
@@ -41,3 +45,27 @@ def select_on_validation(
         if best_key is None or key < best_key:
             best_key, best = key, cand
     return best, rows
+
+
+def tune_single_score(
+    det: Detector,
+    param: str,
+    grid: Sequence[float],
+    s_id: Mapping[float, Tensor],
+    s_ood: Mapping[float, Tensor],
+    id_val: ImageSet,
+    ood_val: ImageSet,
+) -> float:
+    """Choose ``param`` from ``grid`` by :func:`select_on_validation` and record it on ``det``.
+
+    ``s_id[v]``/``s_ood[v]`` are the validation scores at value ``v``, shaped ``(N, 1)`` (the
+    per-tap layout the feature detectors share). The tuning record gets the choice, the
+    criterion, the validation sets and one row per candidate.
+
+    Returns:
+        The chosen value.
+    """
+    best, rows = select_on_validation(grid, lambda v: (s_id[v][:, 0], s_ood[v][:, 0]))
+    det._record_tuning({param: float(best), "criterion": "fpr95"}, id_val, ood_val)
+    det.tuning_["candidates"] = [{param: v, **r} for v, r in zip(grid, rows, strict=True)]
+    return float(best)

@@ -28,7 +28,7 @@ from oodlab import features
 from oodlab.data.imageset import ImageSet
 from oodlab.detectors._ensemble import ValidationEnsemble, check_taps, per_instance
 from oodlab.detectors._registry import register_detector
-from oodlab.detectors._tuning import select_on_validation
+from oodlab.detectors._tuning import tune_single_score
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
 from oodlab.detectors.mahalanobis import eval_mode
 from oodlab.errors import OodlabError
@@ -327,10 +327,7 @@ class FSSD(_FSSDBase):
             return
         s_id = self._validation_distances(model, id_val, self.grid)
         s_ood = self._validation_distances(model, ood_val, self.grid)
-        best, rows = select_on_validation(self.grid, lambda m: (s_id[m][:, 0], s_ood[m][:, 0]))
-        self.perturbation_ = float(best)
-        self._record_tuning({"perturbation": self.perturbation_, "criterion": "fpr95"}, id_val, ood_val)
-        self.tuning_["candidates"] = [{"perturbation": m, **r} for m, r in zip(self.grid, rows, strict=True)]
+        self.perturbation_ = tune_single_score(self, "perturbation", self.grid, s_id, s_ood, id_val, ood_val)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return self._distances_from_outputs(out)[:, 0]

@@ -23,7 +23,7 @@ from oodlab.detectors._ensemble import (
     sign_step,
 )
 from oodlab.detectors._registry import register_detector
-from oodlab.detectors._tuning import select_on_validation
+from oodlab.detectors._tuning import tune_single_score
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
 from oodlab.errors import OodlabError
 from oodlab.features import Outputs, model_device
@@ -311,10 +311,7 @@ class Mahalanobis(_MahalanobisBase):
             return
         s_id = self._validation_scores(model, id_val, self.grid)
         s_ood = self._validation_scores(model, ood_val, self.grid)
-        best, rows = select_on_validation(self.grid, lambda e: (s_id[e][:, 0], s_ood[e][:, 0]))
-        self.noise_ = float(best)
-        self._record_tuning({"noise": self.noise_, "criterion": "fpr95"}, id_val, ood_val)
-        self.tuning_["candidates"] = [{"noise": e, **r} for e, r in zip(self.grid, rows, strict=True)]
+        self.noise_ = tune_single_score(self, "noise", self.grid, s_id, s_ood, id_val, ood_val)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return self._per_tap_from_outputs(out)[:, 0]
