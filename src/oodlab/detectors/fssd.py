@@ -178,9 +178,12 @@ class _FSSDBase(Detector):
         def distance(value: Tensor, x: Tensor) -> Tensor:
             return fss_distance(value, self._centres_for(model, tuple(x.shape[1:]), fingerprint)[tap])
 
+        return ReducedTap(tap, self._distance_key(tap), distance)
+
+    def _distance_key(self, tap: str) -> str:
         # F* follows from the model (part of every cache key), the image shape (part of the
         # images' hash), the noise count and seed: those two go in the key.
-        return ReducedTap(tap, f"{tap}@fssd(n_noise={int(self.n_noise)},seed={int(self.seed)})", distance)
+        return f"{tap}@fssd(n_noise={int(self.n_noise)},seed={int(self.seed)})"
 
     def _centres_for(
         self, model: nn.Module, shape: tuple[int, ...], fingerprint: str | None = None
@@ -223,8 +226,8 @@ class _FSSDBase(Detector):
         return dict(zip(self.taps_, torch.split(self.centres_, self.dims_), strict=True))
 
     def _distances_from_outputs(self, out: Outputs) -> Tensor:
-        specs = self.required_taps(self.model_)
-        return torch.stack([out.tap(s).to(torch.float64) for s in specs], dim=1)
+        # Reading needs only the keys: no model fingerprint, no ReducedTap.
+        return torch.stack([out.tap(self._distance_key(t)).to(torch.float64) for t in self.taps_], dim=1)
 
     def _distances_from_inputs(self, x: Tensor, m: float) -> Tensor:
         model, centres = self.model_, self._centres()
@@ -245,9 +248,8 @@ class _FSSDBase(Detector):
         centres = self._centres()
         result: dict[float, Tensor] = {}
         if any(m == 0 for m in candidates):
-            specs = self._distance_taps(model, self.taps_)
-            out = features.outputs(model, images, specs)
-            result[0.0] = torch.stack([out.tap(s).to(torch.float64) for s in specs], dim=1)
+            out = features.outputs(model, images, self._distance_taps(model, self.taps_))
+            result[0.0] = self._distances_from_outputs(out)
         positive = [float(m) for m in candidates if m > 0]
         if positive:
             chunks: dict[float, list[Tensor]] = {m: [] for m in positive}
