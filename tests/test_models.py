@@ -144,7 +144,7 @@ def test_unknown_model_lists_known_ones() -> None:
 
 def test_list_models_pattern() -> None:
     assert list_models("resnet*") == ["resnet18", "resnet34"]
-    assert {"lenet", "mlp", "resnet18", "resnet34"} <= set(list_models())
+    assert {"lenet", "lenet5", "mlp", "resnet18", "resnet34"} <= set(list_models())
     assert list_models() == sorted(list_models())
 
 
@@ -160,6 +160,19 @@ def test_lenet_layout() -> None:
     assert taps["conv1"].shape == (2, 32, 26, 26)
     assert taps["conv2"].shape == (2, 64, 24, 24)
     assert taps[PENULTIMATE].shape == (2, 128)
+
+
+def test_lenet5_layout() -> None:
+    model = create_model("lenet5").eval()
+    assert model.tap_names == ("conv1", "conv2", "fc1", PENULTIMATE)
+    assert model.num_features == 84
+    assert sum(p.numel() for p in model.parameters()) == 61_706
+    _, taps = model.forward_taps(images(n=2), model.tap_names)
+    assert taps["conv1"].shape == (2, 6, 28, 28)
+    assert taps["conv2"].shape == (2, 16, 10, 10)
+    assert taps["fc1"].shape == (2, 120)
+    assert taps[PENULTIMATE].shape == (2, 84)
+    assert all((t >= 0).all() for t in taps.values())
 
 
 def test_mlp_taps() -> None:

@@ -87,6 +87,8 @@ class KNN(Detector):
     and ``ẑ_(k)`` its ``k``-th nearest neighbour (Euclidean) among the normalised ID training
     features. Fit stores those features (float32, optionally a seeded subsample); scoring runs
     one matmul per chunk of :attr:`chunk_size` queries against all of them, then a ``topk``.
+    Feature units that are zero on every stored feature are left out of the search and their
+    (constant) contribution added back, which is exact.
 
     Args:
         k: Which neighbour; the paper uses 50 on CIFAR-10 (50k training images). Must not
@@ -151,11 +153,19 @@ class KNN(Detector):
                 f"detector {self.name!r}: k={self.k} is larger than the {len(feats)} training features "
                 f"it keeps; lower k or keep more training data"
             )
-        self.bank_ = l2_normalize(feats).contiguous()
+        bank = l2_normalize(feats)
+        # A unit that no stored feature uses (a ReLU unit dead on all training images) adds the
+        # same ẑ_j² to a query's distance to every stored feature: it cannot change the ranking,
+        # so the search runs without it and adds it back (exact; saves its share of the matmul).
+        self.live_ = (bank != 0).any(dim=0)
+        self.bank_ = bank[:, self.live_].contiguous()
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         queries = l2_normalize(out.tap(PENULTIMATE))
-        return -kth_neighbour_distance(queries, self.bank_, self.k, self.chunk_size)
+        live = self.live_
+        d_live = kth_neighbour_distance(queries[:, live].contiguous(), self.bank_, self.k, self.chunk_size)
+        dead = queries[:, ~live].to(torch.float64)
+        return -(d_live.square() + (dead * dead).sum(dim=1)).sqrt()
 
 
 __all__ = ["KNN", "kth_neighbour_distance", "l2_normalize"]
