@@ -95,7 +95,8 @@ class Detector:
         try:
             self.model_ = model
             self.tuning_: dict[str, Any] = {}
-            self._fit(model, id_train, id_val, ood_val)
+            with features.channels_last(model):
+                self._fit(model, id_train, id_val, ood_val)
         finally:
             model.train(was_training)
         return self
@@ -143,9 +144,10 @@ class Detector:
         elif x.ndim != 4:
             raise OodlabError(f"detector {self.name!r}: expected (N, C, H, W) images, got {tuple(x.shape)}")
         if "input_grad" in self.needs:
-            scores = [
-                self._score_inputs(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)
-            ]
+            with features.channels_last(self.model_):
+                scores = [
+                    self._score_inputs(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)
+                ]
             return self._finish(torch.cat(scores) if scores else torch.empty(0), len(x))
         out = features.extract(self.model_, x, self.required_taps(self.model_), batch_size=self.batch_size)
         return self.score_outputs(out)
