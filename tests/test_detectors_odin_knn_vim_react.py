@@ -152,6 +152,35 @@ def test_kth_neighbour_distance_matches_sklearn() -> None:
         )
 
 
+def test_kth_neighbour_distance_exact_when_float32_ranks_are_tied(monkeypatch) -> None:
+    """Every path: window re-rank, full candidate re-rank (ties at the window edge), whole-bank redo."""
+    import oodlab.detectors.knn as knn_module
+
+    g = torch.Generator().manual_seed(2)
+    base = l2_normalize(torch.relu(torch.randn(60, 8, generator=g)))
+    # each point four times, so float32 values come in runs of equal values around any k
+    bank = torch.cat([base] * 4)
+    queries = l2_normalize(torch.relu(torch.randn(30, 8, generator=g)))
+    calls = {"full": 0}
+    original = knn_module._sq_dists64
+
+    def counting(rows: torch.Tensor, bank64: torch.Tensor) -> torch.Tensor:
+        calls["full"] += len(rows)
+        return original(rows, bank64)
+
+    monkeypatch.setattr(knn_module, "_sq_dists64", counting)
+    for k in (1, 3, 5, 6, 40, 231, 240):
+        got = kth_neighbour_distance(queries, bank, k, chunk_size=8)
+        np.testing.assert_allclose(
+            got.numpy(), _sklearn_kth(queries.numpy(), bank.numpy(), k), rtol=1e-9, atol=1e-12
+        )
+    # a float32 rank error bigger than any gap forces the whole-bank path, still exact
+    monkeypatch.setattr(knn_module.torch, "finfo", lambda dtype: type("F", (), {"eps": 1.0})())
+    got = kth_neighbour_distance(queries, bank, 5)
+    np.testing.assert_allclose(got.numpy(), _sklearn_kth(queries.numpy(), bank.numpy(), 5), rtol=1e-9)
+    assert calls["full"] >= len(queries)
+
+
 def test_kth_neighbour_distance_is_exact_for_near_duplicates() -> None:
     g = torch.Generator().manual_seed(1)
     bank = l2_normalize(torch.randn(500, 32, generator=g))

@@ -21,6 +21,10 @@ def l2_normalize(z: Tensor) -> Tensor:
     return (z64 / (z64.norm(dim=1, keepdim=True) + 1e-10)).to(torch.float32)
 
 
+#: Candidates re-ranked exactly around the k-th, on each side, when the float32 ranking is clear.
+_WINDOW = 4
+
+
 def kth_neighbour_distance(
     queries: Tensor, bank: Tensor, k: int, chunk_size: int = 1024, max_elements: int = 1 << 24
 ) -> Tensor:
@@ -28,13 +32,16 @@ def kth_neighbour_distance(
 
     Exact up to float64 rounding, computed fast: per chunk of ``chunk_size`` queries (fewer if
     needed to keep ``chunk × len(bank) ≤ max_elements``, so memory stays bounded), one
-    float32 matmul ranks the bank by ``‖b‖² − 2 q·b`` and keeps ``2k`` candidates; their
-    distances are recomputed exactly in float64 and the ``k``-th smallest is returned. A
-    float32 dot product is off by at most
+    float32 matmul ranks the bank by ``‖b‖² − 2 q·b`` and keeps ``k + max(8, k/2)``
+    candidates. A float32 dot product is off by at most
     ``tol = d·u·(max‖b‖² + 2‖q‖·max‖b‖)`` (``d`` the dimension, ``u`` float32's unit
-    roundoff); a row whose candidates might miss a closer neighbour by that margin is redone
-    in float64 over the whole bank. The result therefore depends neither on the chunking nor on
-    BLAS blocking, and near-identical vectors keep their precision.
+    roundoff), so where the float32 values on both sides of a small window around the
+    ``k``-th candidate are more than ``2·tol`` apart, no rounding can move a point across
+    those edges: only the window's distances are recomputed in float64 and the right one of
+    them is returned. Other rows recompute every candidate in float64; a row whose candidates
+    might miss a closer neighbour outside them is redone in float64 over the whole bank. The
+    result therefore depends neither on the chunking nor on BLAS blocking, and near-identical
+    vectors keep their precision.
 
     Returns:
         ``(len(queries),)`` float64.
@@ -44,7 +51,10 @@ def kth_neighbour_distance(
         raise OodlabError(f"k={k} must be between 1 and the number of stored features ({n})")
     if len(queries) == 0:
         return torch.empty(0, dtype=torch.float64)
-    n_cand = min(n, 2 * k)
+    n_cand = min(n, k + max(8, k // 2))
+    # rank of the k-th candidate and the window [lo, hi) of ranks re-checked around it
+    p = k - 1
+    lo, hi = max(0, p - _WINDOW), min(n_cand, p + _WINDOW + 1)
     bank_sq = (bank * bank).sum(dim=1)
     bank_max = float(bank_sq.max().sqrt())
     unit = float(torch.finfo(torch.float32).eps) / 2
@@ -55,22 +65,34 @@ def kth_neighbour_distance(
         q = queries[start : start + step]
         q64 = q.to(torch.float64)
         q_sq = (q64 * q64).sum(dim=1)
+        tol = q.shape[1] * unit * (bank_max**2 + 2 * q_sq.sqrt() * bank_max)
         part = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, beta=1.0, alpha=-2.0)
         vals, idx = torch.topk(part, n_cand, dim=1, largest=False, sorted=True)
-        cand = bank[idx].to(torch.float64)  # (B, n_cand, d)
-        d2 = ((q64.unsqueeze(1) - cand) ** 2).sum(dim=2)
-        kth = d2.kthvalue(k, dim=1).values
+        vals64 = vals.to(torch.float64)
+        clear = torch.ones(len(q), dtype=torch.bool)
+        if lo > 0:
+            clear &= vals64[:, lo] - vals64[:, lo - 1] > 2 * tol
+        if hi < n_cand:
+            clear &= vals64[:, hi] - vals64[:, hi - 1] > 2 * tol
+        kth = torch.empty(len(q), dtype=torch.float64)
+        if clear.any():
+            kth[clear] = _sq_dists_to(q64[clear], bank, idx[clear, lo:hi]).kthvalue(p - lo + 1, dim=1).values
+        if not clear.all():
+            rest = ~clear
+            kth[rest] = _sq_dists_to(q64[rest], bank, idx[rest]).kthvalue(k, dim=1).values
         if n_cand < n:
-            tol = q.shape[1] * unit * (bank_max**2 + 2 * q_sq.sqrt() * bank_max)
-            unsure = (vals[:, -1].to(torch.float64) + q_sq - 2 * tol) < kth
+            unsure = (vals64[:, -1] + q_sq - 2 * tol) < kth
             if unsure.any():
                 if bank64 is None:
                     bank64 = bank.to(torch.float64)
-                rows = q64[unsure]
-                full = _sq_dists64(rows, bank64)
-                kth[unsure] = full.kthvalue(k, dim=1).values
+                kth[unsure] = _sq_dists64(q64[unsure], bank64).kthvalue(k, dim=1).values
         out.append(kth.clamp(min=0).sqrt())
     return torch.cat(out)
+
+
+def _sq_dists_to(q64: Tensor, bank: Tensor, idx: Tensor) -> Tensor:
+    """Exact squared distances ``(B, m)`` in float64 from ``q64[i]`` to ``bank[idx[i, j]]``."""
+    return ((q64.unsqueeze(1) - bank[idx].to(torch.float64)) ** 2).sum(dim=2)
 
 
 def _sq_dists64(rows: Tensor, bank64: Tensor) -> Tensor:
