@@ -61,9 +61,10 @@ def run(root: Path, suite: str, protocol: str, seed: int, detectors: str) -> flo
     return time.perf_counter() - t0
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], sign: bool = False) -> str:
     a = 100 * np.asarray(values)
-    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+    m = f"{a.mean():+.2f}" if sign else f"{a.mean():.2f}"
+    return f"{m} ± {a.std(ddof=1):.2f}" if len(a) > 1 else m
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, list[float]]]:
@@ -75,6 +76,13 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dic
         g["seed"].append(r["seed"])
         g["fit_seconds"].append(r.get("fit_seconds", float("nan")))
     return groups
+
+
+def paired_diffs(blind: dict[str, list[float]], paper: dict[str, list[float]], metric: str) -> list[float]:
+    """``blind − paper`` of ``metric`` for every seed run under both protocols."""
+    b = dict(zip(blind["seed"], blind[metric], strict=True))
+    p = dict(zip(paper["seed"], paper[metric], strict=True))
+    return [b[s] - p[s] for s in sorted(b.keys() & p.keys())]
 
 
 def tables(rows: list[dict[str, Any]]) -> str:
@@ -94,11 +102,16 @@ def tables(rows: list[dict[str, Any]]) -> str:
         detectors = sorted({k[2] for k in keys})
         protocols = [p for p in PROTOCOLS if any(k[1] == p for k in keys)]
         acc = [v for k, g in groups.items() if k[0] == suite for v in g["id_accuracy"]]
-        seeds = sorted({s for k, g in groups.items() if k[0] == suite for s in g["seed"]})
+        seeds = {
+            p: sorted({s for k, g in groups.items() if k[0] == suite and k[1] == p for s in g["seed"]})
+            for p in protocols
+        }
         lines += [
             f"## {suite}",
             "",
-            f"Seeds {seeds}; model ID test accuracy {mean_std(sorted(set(acc)))}%.",
+            "Seeds: "
+            + "; ".join(f"{p} {seeds[p]}" for p in protocols)
+            + f". Model ID test accuracy {mean_std(sorted(set(acc)))}%.",
             "",
         ]
         header = ["detector"] + [
@@ -123,17 +136,17 @@ def tables(rows: list[dict[str, Any]]) -> str:
             for d in detectors:
                 b, p = groups.get((suite, "blind", d, main)), groups.get((suite, "paper", d, main))
                 if b and p:
-                    gaps.append(
-                        [
-                            d,
-                            f"{100 * (np.mean(b['auroc']) - np.mean(p['auroc'])):+.2f}",
-                            f"{100 * (np.mean(b['fpr95']) - np.mean(p['fpr95'])):+.2f}",
-                        ]
-                    )
+                    # Paired by seed: the same trained model under both protocols.
+                    da, df = paired_diffs(b, p, "auroc"), paired_diffs(b, p, "fpr95")
+                    if da:
+                        gaps.append([d, mean_std(da, sign=True), mean_std(df, sign=True)])
+            paired = sorted(set(seeds["blind"]) & set(seeds["paper"]))
             lines += [
-                f"Blind minus paper on `{main}` (AUROC, FPR@95 in points):",
+                f"Blind minus paper on `{main}`, paired by seed (seeds {paired}; AUROC, FPR@95 in points):",
                 "",
-                tabulate(gaps, headers=["detector", "ΔAUROC", "ΔFPR@95"], tablefmt="github"),
+                tabulate(
+                    gaps, headers=["detector", "ΔAUROC", "ΔFPR@95"], tablefmt="github", disable_numparse=True
+                ),
                 "",
             ]
     return "\n".join(lines)
