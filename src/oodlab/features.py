@@ -101,10 +101,17 @@ def parse_tap(spec: str) -> tuple[str, str | None]:
     return name, reducer or None
 
 
+def spatial_mean(t: Tensor) -> Tensor:
+    """Mean of a map ``(N, C, ...)`` over its spatial dims → ``(N, C)``; vectors as they are.
+
+    A reduction over the spatial dims reads any memory layout in place (``flatten(2)`` would
+    first copy a channels-last map).
+    """
+    return t.mean(dim=tuple(range(2, t.ndim))) if t.ndim > 2 else t
+
+
 def _reduce(t: Tensor, reducer: str | None) -> Tensor:
-    if reducer == "mean" and t.ndim > 2:
-        return t.flatten(2).mean(2)
-    return t
+    return spatial_mean(t) if reducer == "mean" else t
 
 
 def _source_tap(spec: TapSpec) -> str:

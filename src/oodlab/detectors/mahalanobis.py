@@ -42,8 +42,8 @@ def tap_spec(tap: str) -> str:
 
 
 def pool(t: Tensor) -> Tensor:
-    """Spatial mean of a map ``(N, C, ...)`` → ``(N, C)`` (``view(N, C, -1).mean(2)``); vectors as is."""
-    return t.flatten(2).mean(2) if t.ndim > 2 else t
+    """Spatial mean of a map ``(N, C, ...)`` → ``(N, C)`` (the reference's ``view(N, C, -1).mean(2)``)."""
+    return features.spatial_mean(t)
 
 
 def class_gaussians(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[int]]:
