@@ -13,7 +13,7 @@ from oodlab.data import ImageSet
 from oodlab.detectors import create_detector
 from oodlab.detectors._ensemble import combine, fit_on_validation_halves
 from oodlab.detectors.base import INPUT_GRAD, TAPS
-from oodlab.detectors.fssd import noise_images
+from oodlab.detectors.fssd import fss_distance, noise_images
 from oodlab.detectors.mahalanobis import class_gaussians, mahalanobis_score, precision_of
 from oodlab.features import extract
 from oodlab.metrics import auroc
@@ -211,6 +211,17 @@ def test_fssd_score_is_the_euclidean_distance(tap: str, tiny_setup: dict) -> Non
     assert det.needs == TAPS and spec.tap == tap and spec.key != tap
     out = extract(s["model"], x, [spec])
     assert set(out.taps) == {spec.key} and out.tap(spec).shape == (5,)
+
+
+def test_fss_distance_reads_any_memory_layout() -> None:
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(5, 3, 4, 6, generator=g)
+    centre = torch.randn(3 * 4 * 6, generator=g)
+    expected = ((maps.double().flatten(1) - centre.double()) ** 2).sum(dim=1).sqrt()
+    plain = fss_distance(maps, centre)
+    nhwc = fss_distance(maps.contiguous(memory_format=torch.channels_last), centre)
+    torch.testing.assert_close(plain, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(nhwc, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_fssd_perturbation_and_tuning(tiny_setup: dict) -> None:

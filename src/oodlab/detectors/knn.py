@@ -116,7 +116,9 @@ class KNN(Detector):
         k: Which neighbour; the paper uses 50 on CIFAR-10 (50k training images). Must not
             exceed the number of stored training features.
         subsample: Keep only part of the training features: a float in (0, 1] is a fraction,
-            an int ≥ 1 a count; ``None`` keeps all. Chosen with ``seed``.
+            an int ≥ 1 a count; ``None`` keeps all. Chosen with ``seed``. Scoring cost falls
+            in proportion; scale ``k`` with the fraction (the paper: k=1000 on all of
+            ImageNet, 10 on 1%) so the k-th neighbour stays at the same quantile.
         seed: Seed of the subsample.
 
     Returns:
