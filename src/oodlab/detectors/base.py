@@ -43,7 +43,7 @@ class Detector:
     #: Whether ``fit`` tunes something on ``id_val``/``ood_val``.
     tunes: ClassVar[bool] = False
     #: Images per batch when the detector runs the model itself.
-    batch_size: int = 256
+    batch_size: int = features.BATCH_SIZE
     #: Hyperparameters that make the shared invariants test (tests/test_common.py) fast, e.g. a
     #: small tuning grid. Never used outside tests.
     quick_params: ClassVar[dict[str, Any]] = {}

@@ -68,7 +68,7 @@ def tap_features(model: nn.Module, x: Tensor, taps: Sequence[str]) -> dict[str, 
 
 
 def singularity(
-    model: nn.Module, noise: Tensor, taps: Sequence[str], batch_size: int = 256
+    model: nn.Module, noise: Tensor, taps: Sequence[str], batch_size: int = features.BATCH_SIZE
 ) -> dict[str, Tensor]:
     """``F*_k`` = mean over ``noise`` of tap ``k``'s flattened map, float64 ``(D_k,)`` per tap."""
     sums: dict[str, Tensor] = {}
