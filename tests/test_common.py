@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oodlab import NotFittedError, OodlabError
+from oodlab import NotFittedError, OodlabError, features
 from oodlab.detectors import Detector, create_detector, get_detector_class, list_detectors, load_detector
 from oodlab.features import extract
 from oodlab.metrics import auroc
@@ -157,6 +157,29 @@ def test_shared_forward_pass_matches_raw_scoring(name: str, fitted_detectors: di
     out = extract(tiny_setup["model"], images, det.required_taps(tiny_setup["model"]))
     torch.testing.assert_close(det.score_outputs(out), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(det.score_set(images), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_train_taps_cover_what_fit_reads(
+    name: str, tiny_setup: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench runner's shared pass over the training set computes only ``train_taps``:
+    fitting from that cache must not run the training set through the model again."""
+    s = tiny_setup
+    model, id_train = s["model"], s["id_train"]
+    det = make(name)
+    lengths: list[int] = []
+    real_extract = features.extract
+
+    def spy(m: torch.nn.Module, images: object, *args: object, **kwargs: object) -> features.Outputs:
+        lengths.append(len(images))  # type: ignore[arg-type]
+        return real_extract(m, images, *args, **kwargs)  # type: ignore[arg-type]
+
+    with features.using_cache(features.OutputsCache()):
+        features.outputs(model, id_train, det.train_taps(model))
+        monkeypatch.setattr(features, "extract", spy)
+        det.fit(model, id_train, id_val=s["id_val"], ood_val=s["ood_val"])
+    assert len(id_train) not in lengths
 
 
 @pytest.mark.parametrize("name", DETECTORS)

@@ -269,10 +269,12 @@ def _run_group(
     log(f"{tag} model {'loaded from cache' if meta['cached'] else 'trained'}: {meta['path']}")
     detectors = [create_detector(n) for n in detector_names]
     # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
-    # on the training set's taps too). Logit-only detectors learn nothing from the training set,
-    # so it is run through the model only when some detector reads taps.
+    # on the training set's taps too). On the training set only the taps fitting reads: logit-
+    # only detectors learn nothing from it, so it is run through the model only when some
+    # detector fits on its taps.
     taps = features.unique_specs(t for d in detectors for t in d.required_taps(model))
-    sets = [data.id_train] if taps else []
+    train_taps = features.unique_specs(t for d in detectors for t in d.train_taps(model))
+    sets = [data.id_train] if train_taps else []
     sets += [data.id_test, *data.ood_tests.values()]
     sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
     kinds = _ood_kinds(suite, mixtures)
@@ -282,7 +284,7 @@ def _run_group(
     with features.using_cache(OutputsCache(max_entries=len(sets) + 8, disk_dir=disk)):
         on_start("features")
         for s in sets:
-            features.outputs(model, s, taps)
+            features.outputs(model, s, train_taps if s is data.id_train else taps)
         id_accuracy = classification_accuracy(features.outputs(model, data.id_test).logits, data.id_test.y)
         log(f"{tag} ID test accuracy {100 * id_accuracy:.2f}%")
         model_info = {

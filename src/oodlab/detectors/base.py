@@ -63,6 +63,11 @@ class Detector:
         """Tap specs this detector reads from :class:`Outputs` (none for logit detectors)."""
         return ()
 
+    def train_taps(self, model: nn.Module) -> tuple[str, ...]:
+        """Tap specs ``fit`` reads from the ID training set: the shared pass over that set
+        computes only these. Default: all of :meth:`required_taps`."""
+        return tuple(self.required_taps(model))
+
     def fit(
         self,
         model: nn.Module,

@@ -173,6 +173,11 @@ class _FSSDBase(Detector):
         check_taps(self.name, model, taps, allow_logits=True)
         return self._distance_taps(model, taps)
 
+    def train_taps(self, model: nn.Module) -> tuple[ReducedTap, ...]:
+        """None: the centre comes from noise images, and fitting reads only the training set's
+        image shape (its distances would be a wasted reduction over every conv map)."""
+        return ()
+
     def _distance_taps(self, model: nn.Module, taps: Sequence[str]) -> tuple[ReducedTap, ...]:
         fingerprint = model_fingerprint(model)  # once per pass, not per batch
         return tuple(self._distance_tap(model, t, fingerprint) for t in taps)
