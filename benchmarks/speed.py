@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or "unknown",
+        # the vector instruction set PyTorch's CPU kernels use: it changes every figure here
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": mp.cpu_count(),
     }
     write_report(args.out, results, odin, memory, env, args)
@@ -417,7 +419,8 @@ def write_report(
         "# Speed benchmark",
         "",
         f"`{' '.join(sys.argv)}` on {env['cpus']} CPU cores "
-        f"({env['machine']}, torch {env['torch']}, {env['threads']} threads). Every ratio is the "
+        f"({env['machine']}, {env.get('cpu_capability', '?')} kernels, torch {env['torch']}, "
+        f"{env['threads']} threads). Every ratio is the "
         f"median of {args.repeats} runs, each timed right after its own plain forward pass (the "
         "machine's speed drifts by 20–40% over a minute; pairing cancels it).",
         "",
