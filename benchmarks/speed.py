@@ -258,7 +258,7 @@ def knn_trade_off(
     visible. The shared path's cost with it: the median shared run with the exact search's
     time replaced by the subsample's (paired with its own reference pass).
     """
-    k = max(1, round(full.k * fraction))
+    k = max(1, round(full.k_ * fraction))
     fast = fit(create_detector("knn", k=k, subsample=fraction), model, data)
     n_id = len(data.id_test)
     with features.using_cache(OutputsCache()) as cache:
@@ -277,7 +277,7 @@ def knn_trade_off(
         "forward_gflops": forward_mflops * len(test) / t_ref / 1e3,
         "subsample": fraction,
         "k_subsample": k,
-        "k": full.k,
+        "k": full.k_,
         "auroc_exact": auroc(s_full[:n_id], s_full[n_id:]),
         "auroc_subsample": auroc(s_fast[:n_id], s_fast[n_id:]),
         "subsample_score_x_forward": cost(pairs),

@@ -245,6 +245,35 @@ def test_knn_subsample_is_seeded(tiny_setup: dict) -> None:
     assert isinstance(create_detector("knn"), KNN)
 
 
+def test_knn_tunes_k_on_validation(tiny_setup: dict, tmp_path) -> None:
+    from oodlab.detectors import load_detector
+    from oodlab.metrics import fpr_at_tpr
+
+    s = tiny_setup
+    grid = (1, 3, 10, 40)
+    det = _fit("knn", s, k=None, grid=grid + (10_000,))  # a k above the 600 features is skipped
+    assert det.tunes and not create_detector("knn").tunes
+    t = det.tuning()
+    assert t["chosen"]["k"] == det.k_ in grid and t["id_val"] == s["id_val"].name
+    assert [c["k"] for c in t["candidates"]] == list(grid)
+    # the choice is the grid value with the lowest validation FPR@95, as fixed-k detectors score it
+    fprs = {}
+    for k in grid:
+        fixed = _fit("knn", s, k=k)
+        fprs[k] = fpr_at_tpr(fixed.score_set(s["id_val"]), fixed.score_set(s["ood_val"]), 0.95)
+    assert fprs[det.k_] == min(fprs.values())
+    assert [c["fpr95"] for c in t["candidates"]] == [fprs[k] for k in grid]
+    chosen = _fit("knn", s, k=det.k_)
+    x = s["ood_test"].tensor()
+    assert torch.equal(det.score(x), chosen.score(x))
+    det.save(tmp_path / "knn")
+    assert torch.equal(load_detector(tmp_path / "knn", s["model"]).score(x), det.score(x))
+    with pytest.raises(OodlabError, match="tunes k on validation data"):
+        create_detector("knn", k=None).fit(s["model"], s["id_train"])
+    with pytest.raises(OodlabError, match="positive integer"):
+        _fit("knn", s, k=None, grid=(0, 5))
+
+
 # -- ViM ----------------------------------------------------------------------------------------
 
 

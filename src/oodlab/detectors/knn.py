@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from oodlab import features
 from oodlab.data.imageset import ImageSet
+from oodlab.detectors._ensemble import per_instance
 from oodlab.detectors._registry import register_detector
+from oodlab.detectors._tuning import select_on_validation
 from oodlab.detectors.base import TAPS, Detector
 from oodlab.errors import OodlabError
 from oodlab.features import Outputs
@@ -20,6 +24,9 @@ def l2_normalize(z: Tensor) -> Tensor:
     z64 = z.to(torch.float64).flatten(1)
     return (z64 / (z64.norm(dim=1, keepdim=True) + 1e-10)).to(torch.float32)
 
+
+#: Candidate ``k`` when it is tuned on validation data: the paper's 50 and its neighbours on a log scale.
+K_GRID = (1, 2, 5, 10, 20, 50, 100, 200)
 
 #: Candidates re-ranked exactly around the k-th, on each side, when the float32 ranking is clear.
 _WINDOW = 4
@@ -117,7 +124,11 @@ class KNN(Detector):
 
     Args:
         k: Which neighbour; the paper uses 50 on CIFAR-10 (50k training images). Must not
-            exceed the number of stored training features.
+            exceed the number of stored training features. ``None`` tunes it on validation
+            data: the value of ``grid`` with the lowest FPR@95%TPR on (``id_val``,
+            ``ood_val``), ties to the higher AUROC.
+        grid: Candidate ``k`` values when ``k=None`` (those above the number of stored
+            features are skipped).
         subsample: Keep only part of the training features: a float in (0, 1] is a fraction,
             an int ≥ 1 a count; ``None`` keeps all. Chosen with ``seed``. Scoring cost falls
             in proportion; scale ``k`` with the fraction (the paper: k=1000 on all of
@@ -139,11 +150,24 @@ class KNN(Detector):
     needs = TAPS
     #: Queries per distance matmul; memory is about ``4 · chunk_size · n_train`` bytes.
     chunk_size: int = 1024
+    quick_params = {"grid": (1, 5)}
 
-    def __init__(self, k: int = 50, subsample: float | int | None = None, seed: int = 0) -> None:
+    @per_instance(False)
+    def tunes(self) -> bool:  # type: ignore[override]
+        """True when ``k`` is tuned on validation data (``k=None``)."""
+        return self.k is None
+
+    def __init__(
+        self,
+        k: int | None = 50,
+        subsample: float | int | None = None,
+        seed: int = 0,
+        grid: Sequence[int] = K_GRID,
+    ) -> None:
         self.k = k
         self.subsample = subsample
         self.seed = seed
+        self.grid = [int(v) for v in grid]
 
     def required_taps(self, model: nn.Module) -> tuple[str, ...]:
         return (PENULTIMATE,)
@@ -167,17 +191,21 @@ class KNN(Detector):
     def _fit(
         self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
     ) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise OodlabError(f"detector {self.name!r}: k must be a positive integer, got {self.k!r}")
+        for v in [self.k] if self.k is not None else self.grid:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise OodlabError(f"detector {self.name!r}: k must be a positive integer, got {v!r}")
+        if self.k is None:
+            id_val, ood_val = self._require_validation(id_val, ood_val, "k")
         feats = features.outputs(model, id_train, (PENULTIMATE,)).tap(PENULTIMATE)
         n_keep = self._n_keep(len(feats))
         if n_keep < len(feats):
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(len(feats), size=n_keep, replace=False))
             feats = feats[torch.from_numpy(keep)]
-        if self.k > len(feats):
+        smallest = self.k if self.k is not None else min(self.grid, default=1)
+        if smallest > len(feats):
             raise OodlabError(
-                f"detector {self.name!r}: k={self.k} is larger than the {len(feats)} training features "
+                f"detector {self.name!r}: k={smallest} is larger than the {len(feats)} training features "
                 f"it keeps; lower k or keep more training data"
             )
         bank = l2_normalize(feats)
@@ -186,13 +214,26 @@ class KNN(Detector):
         # so the search runs without it and adds it back (exact; saves its share of the matmul).
         self.live_ = (bank != 0).any(dim=0)
         self.bank_ = bank[:, self.live_].contiguous()
+        if self.k is not None:
+            self.k_ = self.k
+            return
+        grid = [v for v in self.grid if v <= len(feats)]
+        s_id = features.outputs(model, id_val, (PENULTIMATE,))
+        s_ood = features.outputs(model, ood_val, (PENULTIMATE,))
+        best, rows = select_on_validation(grid, lambda v: (self._scores(s_id, v), self._scores(s_ood, v)))
+        self.k_ = int(best)
+        self._record_tuning({"k": self.k_, "criterion": "fpr95"}, id_val, ood_val)
+        self.tuning_["candidates"] = [{"k": v, **r} for v, r in zip(grid, rows, strict=True)]
 
-    def _score_outputs(self, out: Outputs) -> Tensor:
+    def _scores(self, out: Outputs, k: int) -> Tensor:
         queries = l2_normalize(out.tap(PENULTIMATE))
         live = self.live_
-        d_live = kth_neighbour_distance(queries[:, live].contiguous(), self.bank_, self.k, self.chunk_size)
+        d_live = kth_neighbour_distance(queries[:, live].contiguous(), self.bank_, k, self.chunk_size)
         dead = queries[:, ~live].to(torch.float64)
         return -(d_live.square() + (dead * dead).sum(dim=1)).sqrt()
 
+    def _score_outputs(self, out: Outputs) -> Tensor:
+        return self._scores(out, self.k_)
 
-__all__ = ["KNN", "kth_neighbour_distance", "l2_normalize"]
+
+__all__ = ["K_GRID", "KNN", "kth_neighbour_distance", "l2_normalize"]
