@@ -272,6 +272,8 @@ def test_knn_tunes_k_on_validation(tiny_setup: dict, tmp_path) -> None:
         create_detector("knn", k=None).fit(s["model"], s["id_train"])
     with pytest.raises(OodlabError, match="positive integer"):
         _fit("knn", s, k=None, grid=(0, 5))
+    with pytest.raises(OodlabError, match="grid is empty"):
+        _fit("knn", s, k=None, grid=())
 
 
 # -- ViM ----------------------------------------------------------------------------------------

@@ -195,6 +195,8 @@ class KNN(Detector):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise OodlabError(f"detector {self.name!r}: k must be a positive integer, got {v!r}")
         if self.k is None:
+            if not self.grid:
+                raise OodlabError(f"detector {self.name!r}: k=None tunes k over grid, but grid is empty")
             id_val, ood_val = self._require_validation(id_val, ood_val, "k")
         feats = features.outputs(model, id_train, (PENULTIMATE,)).tap(PENULTIMATE)
         n_keep = self._n_keep(len(feats))
@@ -202,7 +204,7 @@ class KNN(Detector):
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(len(feats), size=n_keep, replace=False))
             feats = feats[torch.from_numpy(keep)]
-        smallest = self.k if self.k is not None else min(self.grid, default=1)
+        smallest = self.k if self.k is not None else min(self.grid)
         if smallest > len(feats):
             raise OodlabError(
                 f"detector {self.name!r}: k={smallest} is larger than the {len(feats)} training features "
@@ -233,7 +235,8 @@ class KNN(Detector):
         return -(d_live.square() + (dead * dead).sum(dim=1)).sqrt()
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        return self._scores(out, self.k_)
+        # detectors saved before k could be tuned have no k_: their k is the fixed one
+        return self._scores(out, getattr(self, "k_", self.k))
 
 
 __all__ = ["K_GRID", "KNN", "kth_neighbour_distance", "l2_normalize"]
