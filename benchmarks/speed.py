@@ -56,6 +56,7 @@ FIXED = {
     "mahalanobis-ensemble": {"noise": 0.0},
     "fssd": {"perturbation": 0.0},
     "fssd-ensemble": {"perturbation": 0.0},
+    "knn": {"k": 50},
 }
 FIXED_GRADIENT = {"mahalanobis": {"noise": 0.0014}}
 

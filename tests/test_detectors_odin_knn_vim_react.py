@@ -252,7 +252,7 @@ def test_knn_tunes_k_on_validation(tiny_setup: dict, tmp_path) -> None:
     s = tiny_setup
     grid = (1, 3, 10, 40)
     det = _fit("knn", s, k=None, grid=grid + (10_000,))  # a k above the 600 features is skipped
-    assert det.tunes and not create_detector("knn").tunes
+    assert det.tunes and create_detector("knn").tunes and not create_detector("knn", k=50).tunes
     t = det.tuning()
     assert t["chosen"]["k"] == det.k_ in grid and t["id_val"] == s["id_val"].name
     assert [c["k"] for c in t["candidates"]] == list(grid)
@@ -269,7 +269,7 @@ def test_knn_tunes_k_on_validation(tiny_setup: dict, tmp_path) -> None:
     det.save(tmp_path / "knn")
     assert torch.equal(load_detector(tmp_path / "knn", s["model"]).score(x), det.score(x))
     with pytest.raises(OodlabError, match="tunes k on validation data"):
-        create_detector("knn", k=None).fit(s["model"], s["id_train"])
+        create_detector("knn").fit(s["model"], s["id_train"])
     with pytest.raises(OodlabError, match="positive integer"):
         _fit("knn", s, k=None, grid=(0, 5))
     with pytest.raises(OodlabError, match="grid is empty"):

@@ -123,10 +123,12 @@ class KNN(Detector):
     (constant) contribution added back, which is exact.
 
     Args:
-        k: Which neighbour; the paper uses 50 on CIFAR-10 (50k training images). Must not
-            exceed the number of stored training features. ``None`` tunes it on validation
-            data: the value of ``grid`` with the lowest FPR@95%TPR on (``id_val``,
-            ``ood_val``), ties to the higher AUROC.
+        k: Which neighbour. ``None`` (default) tunes it on validation data: the value of
+            ``grid`` with the lowest FPR@95%TPR on (``id_val``, ``ood_val``), ties to the
+            higher AUROC. On this project's LeNets that picks k = 1–2 and beats the paper's
+            fixed k = 50 (its CIFAR-10 choice) on every suite and seed tried
+            (``benchmarks/results/knn-k.md``); pass ``k=50`` for the paper's setting. Must not
+            exceed the number of stored training features.
         grid: Candidate ``k`` values when ``k=None`` (those above the number of stored
             features are skipped).
         subsample: Keep only part of the training features: a float in (0, 1] is a fraction,
@@ -143,7 +145,9 @@ class KNN(Detector):
         ICML 2022; reference code github.com/deeplearning-wisc/knn-ood.
 
     Example:
-        >>> det = create_detector("knn", k=50).fit(model, id_train)  # doctest: +SKIP
+        >>> det = create_detector("knn").fit(model, id_train, id_val=v, ood_val=o)  # doctest: +SKIP
+        >>> det.tuning()["chosen"]  # doctest: +SKIP
+        >>> det = create_detector("knn", k=50).fit(model, id_train)  # the paper's k  # doctest: +SKIP
         >>> det.score(x)  # doctest: +SKIP
     """
 
@@ -152,14 +156,14 @@ class KNN(Detector):
     chunk_size: int = 1024
     quick_params = {"grid": (1, 5)}
 
-    @per_instance(False)
+    @per_instance(True)
     def tunes(self) -> bool:  # type: ignore[override]
-        """True when ``k`` is tuned on validation data (``k=None``)."""
+        """True when ``k`` is tuned on validation data (``k=None``, the default)."""
         return self.k is None
 
     def __init__(
         self,
-        k: int | None = 50,
+        k: int | None = None,
         subsample: float | int | None = None,
         seed: int = 0,
         grid: Sequence[int] = K_GRID,
