@@ -67,26 +67,25 @@ def timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def paired(fn: Any, reference: Any, repeats: int) -> tuple[Any, list[tuple[float, float]]]:
-    """``reference()`` then ``fn()``, back to back, ``repeats`` times: ``fn``'s last result and
-    the ``(t_reference, t_fn)`` pairs.
+def paired(fn: Any, reference: Any, repeats: int) -> list[tuple[float, Any, float]]:
+    """``reference()`` then ``fn()``, back to back, ``repeats`` times: one
+    ``(t_reference, fn's result, t_fn)`` run each.
 
     The machine's speed drifts by 20–40% over tens of seconds here (the same pass, timed twice a
     minute apart); a ratio to a reference taken just before each run cancels that drift, which
     a single reference pass for the whole benchmark does not.
     """
-    pairs = []
-    out = None
+    runs = []
     for _ in range(repeats):
         _, t_ref = timed(reference)
         out, t = timed(fn)
-        pairs.append((t_ref, t))
-    return out, pairs
+        runs.append((t_ref, out, t))
+    return runs
 
 
-def cost(pairs: list[tuple[float, float]]) -> float:
+def cost(runs: list[tuple[float, Any, float]]) -> float:
     """Median cost of ``fn`` in reference passes over paired runs."""
-    return float(np.median([t / r for r, t in pairs]))
+    return float(np.median([t / r for r, _, t in runs]))
 
 
 def median_pair(runs: list[tuple[float, Any, float]]) -> tuple[float, Any, float]:
@@ -128,23 +127,23 @@ def measure_model(
     ref_times: list[float] = []
     # For reference only: a user's own loop, model(x) in PyTorch's default memory layout (oodlab's
     # passes run conv models channels-last, so they are faster than this; ratios use the faster).
-    _, pairs = paired(lambda: user_loop_forward(model, test), forward, repeats)
-    default_layout = cost(pairs)
-    ref_times += [r for r, _ in pairs]
+    runs = paired(lambda: user_loop_forward(model, test), forward, repeats)
+    default_layout = cost(runs)
+    ref_times += [r for r, _, _ in runs]
     rows, fitted = [], {}
     for name in names:
         # every detector pays for its own passes
         det, t_fit = timed(lambda: fresh_cache(lambda: fit(make_detector(name), model, data)))  # noqa: B023
         grad = "input_grad" in det.needs
-        _, pairs = paired(
+        runs = paired(
             lambda: fresh_cache(lambda: det.score(test.tensor()) if grad else det.score_set(test)),  # noqa: B023
             forward,
             repeats,
         )
-        ref_times += [r for r, _ in pairs]
+        ref_times += [r for r, _, _ in runs]
         fitted[name] = det
-        ratio = 1.0 / cost(pairs)
-        ips = len(test) / float(np.median([t for _, t in pairs]))
+        ratio = 1.0 / cost(runs)
+        ips = len(test) / float(np.median([t for _, _, t in runs]))
         rows.append(
             {
                 "model": label,
@@ -168,11 +167,7 @@ def measure_model(
             _, t_pass = timed(lambda: cache.get(model, test, taps))
             return t_pass, {n: timed(lambda: fitted[n].score_set(test))[1] for n in free}  # noqa: B023
 
-    shared_runs = []
-    for _ in range(repeats):
-        _, t_ref = timed(forward)
-        (t_pass, per_det), t_all = timed(shared_path)
-        shared_runs.append((t_ref, (t_pass, per_det), t_all))
+    shared_runs = paired(shared_path, forward, repeats)
     ref_times += [r for r, _, _ in shared_runs]
     t_ref, (t_shared_pass, score_from_shared), t_shared = median_pair(shared_runs)
     # Naive path: each detector runs its own forward pass on the raw images.
@@ -190,11 +185,7 @@ def measure_model(
             _, t_pass = timed(lambda: [cache.get(model, s, t) for s, t in fit_plan])
             return t_pass, {n: timed(lambda: fit(make_detector(n), model, data))[1] for n in free}  # noqa: B023
 
-    fit_runs = []
-    for _ in range(repeats):
-        _, t_fit_ref = timed(lambda: [extract(model, s) for s in fit_sets])
-        (t_pass, per_det), t_all = timed(fit_all)
-        fit_runs.append((t_fit_ref, (t_pass, per_det), t_all))
+    fit_runs = paired(fit_all, lambda: [extract(model, s) for s in fit_sets], repeats)
     t_fit_ref, (t_fit_pass, fit_from_shared), t_fit_all = median_pair(fit_runs)
     knn = (
         knn_trade_off(model, data, test, fitted["knn"], forward, shared_runs, repeats)
@@ -265,7 +256,8 @@ def knn_trade_off(
     with features.using_cache(OutputsCache()) as cache:
         cache.get(model, test, full.required_taps(model))
         s_full = full.score_set(test)
-        s_fast, pairs = paired(lambda: fast.score_set(test), forward, repeats)
+        fast_runs = paired(lambda: fast.score_set(test), forward, repeats)
+    s_fast = fast_runs[-1][1]
     t_ref, (_, per_det), t_all = median_pair(shared_runs)
     n_bank, d_live = full.bank_.shape
     search_mflops = 2 * n_bank * d_live / 1e6
@@ -281,8 +273,8 @@ def knn_trade_off(
         "k": full.k_,
         "auroc_exact": auroc(s_full[:n_id], s_full[n_id:]),
         "auroc_subsample": auroc(s_fast[:n_id], s_fast[n_id:]),
-        "subsample_score_x_forward": cost(pairs),
-        "shared_all_free_with_subsample_x_forward": (t_all - per_det["knn"]) / t_ref + cost(pairs),
+        "subsample_score_x_forward": cost(fast_runs),
+        "shared_all_free_with_subsample_x_forward": (t_all - per_det["knn"]) / t_ref + cost(fast_runs),
     }
 
 
