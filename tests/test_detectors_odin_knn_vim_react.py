@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from oodlab import OodlabError
 from oodlab.detectors import create_detector
-from oodlab.detectors.knn import KNN, kth_neighbour_distance, l2_normalize
+from oodlab.detectors.knn import KNN, kth_neighbour_distance, kth_neighbour_distances, l2_normalize
 from oodlab.detectors.logits import log_softmax64
 from oodlab.features import Outputs, extract
 from oodlab.metrics import auroc, fpr_at_tpr
@@ -179,6 +179,20 @@ def test_kth_neighbour_distance_exact_when_float32_ranks_are_tied(monkeypatch) -
     got = kth_neighbour_distance(queries, bank, 5)
     np.testing.assert_allclose(got.numpy(), _sklearn_kth(queries.numpy(), bank.numpy(), 5), rtol=1e-9)
     assert calls["full"] >= len(queries)
+
+
+def test_kth_neighbour_distances_equal_one_search_per_k() -> None:
+    g = torch.Generator().manual_seed(5)
+    base = l2_normalize(torch.relu(torch.randn(150, 8, generator=g)))
+    bank = torch.cat([base] * 4)  # runs of equal float32 values around any k
+    queries = l2_normalize(torch.relu(torch.randn(40, 8, generator=g)))
+    ks = [1, 2, 5, 50, 200, 600]
+    together = kth_neighbour_distances(queries, bank, ks, chunk_size=16)
+    assert together.shape == (40, len(ks))
+    for j, k in enumerate(ks):
+        assert torch.equal(together[:, j], kth_neighbour_distance(queries, bank, k, chunk_size=16))
+    with pytest.raises(OodlabError, match="k=601"):
+        kth_neighbour_distances(queries, bank, [1, 601])
 
 
 def test_kth_neighbour_distance_is_exact_for_near_duplicates() -> None:

@@ -53,15 +53,26 @@ def kth_neighbour_distance(
     Returns:
         ``(len(queries),)`` float64.
     """
+    return kth_neighbour_distances(queries, bank, [k], chunk_size, max_elements)[:, 0]
+
+
+def kth_neighbour_distances(
+    queries: Tensor, bank: Tensor, ks: Sequence[int], chunk_size: int = 1024, max_elements: int = 1 << 24
+) -> Tensor:
+    """:func:`kth_neighbour_distance` for several ``ks`` from one search: ``(len(queries), len(ks))``.
+
+    The matmul and the top-k run once, for the largest ``k``; each ``k`` then gets the exact
+    re-check of :func:`kth_neighbour_distance` on those candidates, so column ``j`` equals
+    ``kth_neighbour_distance(queries, bank, ks[j])``.
+    """
     n = len(bank)
-    if not 1 <= k <= n:
-        raise OodlabError(f"k={k} must be between 1 and the number of stored features ({n})")
-    if len(queries) == 0:
-        return torch.empty(0, dtype=torch.float64)
-    n_cand = min(n, k + max(8, k // 2))
-    # rank of the k-th candidate and the window [lo, hi) of ranks re-checked around it
-    p = k - 1
-    lo, hi = max(0, p - _WINDOW), min(n_cand, p + _WINDOW + 1)
+    for k in ks:
+        if not 1 <= k <= n:
+            raise OodlabError(f"k={k} must be between 1 and the number of stored features ({n})")
+    if len(queries) == 0 or not ks:
+        return torch.empty(len(queries), len(ks), dtype=torch.float64)
+    k_max = max(ks)
+    n_cand = min(n, k_max + max(8, k_max // 2))
     bank_sq = (bank * bank).sum(dim=1)
     bank_max = float(bank_sq.max().sqrt())
     unit = float(torch.finfo(torch.float32).eps) / 2
@@ -79,23 +90,30 @@ def kth_neighbour_distance(
         part = torch.addmm(bank_sq.unsqueeze(0), q, bank.T, beta=1.0, alpha=-2.0, out=buf[: len(q)])
         vals, idx = torch.topk(part, n_cand, dim=1, largest=False, sorted=True)
         vals64 = vals.to(torch.float64)
-        clear = torch.ones(len(q), dtype=torch.bool)
-        if lo > 0:
-            clear &= vals64[:, lo] - vals64[:, lo - 1] > 2 * tol
-        if hi < n_cand:
-            clear &= vals64[:, hi] - vals64[:, hi - 1] > 2 * tol
-        kth = torch.empty(len(q), dtype=torch.float64)
-        if clear.any():
-            kth[clear] = _sq_dists_to(q64[clear], bank, idx[clear, lo:hi]).kthvalue(p - lo + 1, dim=1).values
-        if not clear.all():
-            rest = ~clear
-            kth[rest] = _sq_dists_to(q64[rest], bank, idx[rest]).kthvalue(k, dim=1).values
-        if n_cand < n:
-            unsure = (vals64[:, -1] + q_sq - 2 * tol) < kth
-            if unsure.any():
-                if bank64 is None:
-                    bank64 = bank.to(torch.float64)
-                kth[unsure] = _sq_dists64(q64[unsure], bank64).kthvalue(k, dim=1).values
+        kth = torch.empty(len(q), len(ks), dtype=torch.float64)
+        for j, k in enumerate(ks):
+            # rank of the k-th candidate and the window [lo, hi) of ranks re-checked around it
+            p = k - 1
+            lo, hi = max(0, p - _WINDOW), min(n_cand, p + _WINDOW + 1)
+            clear = torch.ones(len(q), dtype=torch.bool)
+            if lo > 0:
+                clear &= vals64[:, lo] - vals64[:, lo - 1] > 2 * tol
+            if hi < n_cand:
+                clear &= vals64[:, hi] - vals64[:, hi - 1] > 2 * tol
+            col = torch.empty(len(q), dtype=torch.float64)
+            if clear.any():
+                window = _sq_dists_to(q64[clear], bank, idx[clear, lo:hi])
+                col[clear] = window.kthvalue(p - lo + 1, dim=1).values
+            if not clear.all():
+                rest = ~clear
+                col[rest] = _sq_dists_to(q64[rest], bank, idx[rest]).kthvalue(k, dim=1).values
+            if n_cand < n:
+                unsure = (vals64[:, -1] + q_sq - 2 * tol) < col
+                if unsure.any():
+                    if bank64 is None:
+                        bank64 = bank.to(torch.float64)
+                    col[unsure] = _sq_dists64(q64[unsure], bank64).kthvalue(k, dim=1).values
+            kth[:, j] = col
         out.append(kth.clamp(min=0).sqrt())
     return torch.cat(out)
 
@@ -224,23 +242,25 @@ class KNN(Detector):
             self.k_ = self.k
             return
         grid = [v for v in self.grid if v <= len(feats)]
-        s_id = features.outputs(model, id_val, (PENULTIMATE,))
-        s_ood = features.outputs(model, ood_val, (PENULTIMATE,))
-        best, rows = select_on_validation(grid, lambda v: (self._scores(s_id, v), self._scores(s_ood, v)))
-        self.k_ = int(best)
+        # one neighbour search per validation set serves every candidate k
+        s_id = self._scores(features.outputs(model, id_val, (PENULTIMATE,)), grid)
+        s_ood = self._scores(features.outputs(model, ood_val, (PENULTIMATE,)), grid)
+        best, rows = select_on_validation(list(range(len(grid))), lambda j: (s_id[:, j], s_ood[:, j]))
+        self.k_ = grid[best]
         self._record_tuning({"k": self.k_, "criterion": "fpr95"}, id_val, ood_val)
         self.tuning_["candidates"] = [{"k": v, **r} for v, r in zip(grid, rows, strict=True)]
 
-    def _scores(self, out: Outputs, k: int) -> Tensor:
+    def _scores(self, out: Outputs, ks: Sequence[int]) -> Tensor:
+        """Scores ``(N, len(ks))``, one column per ``k``, from one neighbour search."""
         queries = l2_normalize(out.tap(PENULTIMATE))
         live = self.live_
-        d_live = kth_neighbour_distance(queries[:, live].contiguous(), self.bank_, k, self.chunk_size)
+        d_live = kth_neighbour_distances(queries[:, live].contiguous(), self.bank_, ks, self.chunk_size)
         dead = queries[:, ~live].to(torch.float64)
-        return -(d_live.square() + (dead * dead).sum(dim=1)).sqrt()
+        return -(d_live.square() + (dead * dead).sum(dim=1, keepdim=True)).sqrt()
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         # detectors saved before k could be tuned have no k_: their k is the fixed one
-        return self._scores(out, getattr(self, "k_", self.k))
+        return self._scores(out, [getattr(self, "k_", self.k)])[:, 0]
 
 
-__all__ = ["K_GRID", "KNN", "kth_neighbour_distance", "l2_normalize"]
+__all__ = ["K_GRID", "KNN", "kth_neighbour_distance", "kth_neighbour_distances", "l2_normalize"]
