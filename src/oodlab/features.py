@@ -171,7 +171,8 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _batches(images: ImageSet | Tensor, batch_size: int) -> Iterable[Tensor]:
+def batches(images: ImageSet | Tensor, batch_size: int = BATCH_SIZE) -> Iterable[Tensor]:
+    """``images`` in consecutive float32 batches of at most ``batch_size``."""
     n = len(images)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -224,7 +225,7 @@ def extract(
     try:
         with channels_last(model):
             start = 0
-            for xb in _batches(images, batch_size):
+            for xb in batches(images, batch_size):
                 xb = xb.to(device)
                 if specs:
                     lb, raw = model.forward_taps(xb, names)  # type: ignore[operator]

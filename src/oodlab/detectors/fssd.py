@@ -18,7 +18,7 @@ batch, keeping only the distances; peak memory is one batch of full maps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from oodlab.detectors._tuning import tune_single_score
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
 from oodlab.detectors.mahalanobis import eval_mode
 from oodlab.errors import OodlabError
-from oodlab.features import LOGITS, Outputs, ReducedTap, model_device, model_fingerprint
+from oodlab.features import LOGITS, Outputs, ReducedTap, batches, model_device, model_fingerprint
 from oodlab.models.base import PENULTIMATE
 
 #: The reference's perturbation magnitudes (``search_FSS_hyperparams``), 22 values.
@@ -136,11 +136,6 @@ def perturbed_distances(
             f = tap_features(model, x + m * d, [t])[t]
             cols.append(fss_distance(f, centres[t]).cpu())
     return torch.stack(cols, dim=1)
-
-
-def _batches(images: ImageSet, batch_size: int) -> Iterator[Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images.tensor(start, start + batch_size)
 
 
 def _needs(det: _FSSDBase) -> frozenset[str]:
@@ -263,7 +258,7 @@ class _FSSDBase(Detector):
             chunks: dict[float, list[Tensor]] = {m: [] for m in positive}
             device = model_device(model)
             with eval_mode(model):
-                for xb in _batches(images, self.batch_size):
+                for xb in batches(images, self.batch_size):
                     xb = xb.to(device)
                     directions = standardised_gradients(model, xb, self.taps_, centres)  # reused for every m
                     for m in positive:

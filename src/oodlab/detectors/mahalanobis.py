@@ -26,7 +26,7 @@ from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import tune_single_score
 from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
 from oodlab.errors import OodlabError
-from oodlab.features import Outputs, model_device
+from oodlab.features import Outputs, batches, model_device
 from oodlab.models.base import PENULTIMATE
 
 #: Input-preprocessing magnitudes of the reference code (raw-pixel units), METHODS.md.
@@ -148,11 +148,6 @@ def perturbed_scores(
     return torch.stack(cols, dim=1)
 
 
-def _batches(images: ImageSet, batch_size: int) -> Iterator[Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images.tensor(start, start + batch_size)
-
-
 class _MahalanobisBase(Detector):
     """Fitting and scoring shared by the single-tap and ensemble detectors."""
 
@@ -238,7 +233,7 @@ class _MahalanobisBase(Detector):
             chunks: dict[float, list[Tensor]] = {e: [] for e in positive}
             device = model_device(model)
             with eval_mode(model):
-                for xb in _batches(images, self.batch_size):
+                for xb in batches(images, self.batch_size):
                     xb = xb.to(device)
                     signs = gradient_signs(model, xb, list(g), g)  # once per image, reused for every ε
                     for e in positive:
