@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from oodlab.bench.suites import SUITES, ood_set_names
 from oodlab.data.corruptions import CORRUPTIONS
@@ -101,3 +102,35 @@ def test_list_corruptions(capsys) -> None:
         assert c in text
     assert run(["list", "suites"]) == 0
     assert "mnist-corruptions" in capsys.readouterr().out
+
+
+def test_recipes_keep_the_suites_input_statistics_and_build_a_working_model() -> None:
+    from oodlab.bench import RECIPES, BenchConfig, with_recipe
+    from oodlab.training.trainer import build_model
+
+    suite = SUITES["fmnist-vs-mnist"]
+    assert with_recipe(suite, "lenet") == suite  # the default changes nothing: same checkpoint
+    for name in RECIPES:
+        cfg = with_recipe(suite, name).train
+        assert cfg.model_kwargs["mean"] == 0.2860 and cfg.model_kwargs["std"] == 0.3530
+        model = build_model(cfg, 10, (1, 28, 28)).eval()
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert with_recipe(suite, "resnet18").train.model == "resnet18"
+    # The recipe's name is not part of a run's identity (its effect is, through the suites).
+    default, resnet = BenchConfig(recipe="lenet").identity(), BenchConfig(recipe="resnet18").identity()
+    assert "recipe" not in default and default == BenchConfig().identity()
+    assert resnet["suite_definitions"] != default["suite_definitions"]
+
+
+@pytest.mark.usefixtures("tiny")
+def test_recipe_option_trains_the_named_network(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "--suite", "tiny", "--detectors", "msp", "--recipe", "lenet5", "--epochs", "1"]
+    assert run([*args, "--out", str(out), "--quiet", "--no-plots"]) == 0
+    models = json.loads((out / "models.json").read_text())
+    assert [m["recipe"]["model"] for m in models] == ["lenet5"]
+    assert [m["recipe"]["epochs"] for m in models] == [1]
+    assert run(["bench", "--suite", "tiny", "--recipe", "vgg", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "unknown recipe 'vgg'; known recipes: lenet, lenet5, resnet18" in capsys.readouterr().err
+    assert run(["list", "recipes"]) == 0
+    assert "resnet18" in capsys.readouterr().out

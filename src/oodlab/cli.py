@@ -98,7 +98,15 @@ def cli() -> None:
     show_default=True,
     help="Share of ID validation images the reported threshold accepts (ID acc. / OOD rej. columns).",
 )
-@click.option("--epochs", type=int, default=None, help="Override the suite's training epochs.")
+@click.option(
+    "--recipe",
+    default="lenet",
+    show_default=True,
+    metavar="NAME",
+    help="How each suite's classifier is trained: lenet (the suites' own), lenet5 or resnet18. "
+    "See `oodlab list recipes`.",
+)
+@click.option("--epochs", type=int, default=None, help="Override the recipe's training epochs.")
 @click.option(
     "--corruptions",
     default=None,
@@ -143,6 +151,7 @@ def bench(
     protocol: str,
     ood_npy: tuple[str, ...],
     accept_rate: float,
+    recipe: str,
     epochs: int | None,
     corruptions: str | None,
     mixtures: tuple[str, ...],
@@ -173,6 +182,7 @@ def bench(
         protocol=protocol,
         accept_rate=accept_rate,
         extra_ood=_parse_ood_npy(ood_npy),
+        recipe=recipe,
         epochs=epochs,
         corruptions=_parse_names(corruptions, "--corruptions") if corruptions is not None else None,
         mixtures=list(mixtures),
@@ -217,11 +227,11 @@ def report(out_dir: Path, no_plots: bool) -> None:
 @cli.command("list")
 @click.argument(
     "what",
-    type=click.Choice(["detectors", "suites", "models", "datasets", "corruptions"]),
+    type=click.Choice(["detectors", "suites", "recipes", "models", "datasets", "corruptions"]),
     default="detectors",
 )
 def list_cmd(what: str) -> None:
-    """List registered detectors, suites, models, datasets or corruptions."""
+    """List registered detectors, suites, training recipes, models, datasets or corruptions."""
     if what == "detectors":
         from oodlab.detectors import get_detector_class, list_detectors
 
@@ -233,6 +243,11 @@ def list_cmd(what: str) -> None:
 
         for s in SUITES.values():
             click.echo(f"{s.name:24s} {s.description}")
+    elif what == "recipes":
+        from oodlab.bench import RECIPES
+
+        for r in RECIPES.values():
+            click.echo(f"{r.name:24s} {r.description}")
     elif what == "corruptions":
         from oodlab.data.corruptions import CORRUPTIONS, describe_corruption
 

@@ -23,15 +23,18 @@ from tqdm.auto import tqdm
 from oodlab import __version__, features
 from oodlab.bench.cells import CellError, CellSpec, CellStore, file_sha256, prepare_run_dir, stable_hash
 from oodlab.bench.suites import (
+    DEFAULT_RECIPE,
     DEFAULT_SUITES,
     PROTOCOLS,
     Suite,
     SuiteData,
     build_suite,
     check_mixtures,
+    get_recipe,
     get_suite,
     with_corruptions,
     with_epochs,
+    with_recipe,
 )
 from oodlab.data.corruptions import SEVERITIES, check_corruptions
 from oodlab.data.imageset import ImageSet
@@ -60,6 +63,8 @@ class BenchConfig:
     accept_rate: float = 0.95
     extra_ood: dict[str, str] = field(default_factory=dict)
     epochs: int | None = None
+    #: Training recipe of every suite's classifier (see ``RECIPES``; ``"lenet"``: the suites' own).
+    recipe: str = DEFAULT_RECIPE
     #: Corruptions of the corruption suites (``None``: all of each suite's).
     corruptions: list[str] | None = None
     #: Near/far mixture OOD sets, each ``"NAME=NEAR+FAR:P"`` (see :mod:`oodlab.data.mixtures`).
@@ -70,6 +75,7 @@ class BenchConfig:
             get_suite(s)
         for d in self.detectors:
             get_detector_class(d)
+        get_recipe(self.recipe)
         if self.protocol not in PROTOCOLS:
             raise OodlabError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
         if not 0.0 < self.accept_rate <= 1.0:
@@ -96,13 +102,17 @@ class BenchConfig:
         return [parse_mixture(m) for m in self.mixtures]
 
     def suite(self, name: str) -> Suite:
-        """Suite ``name`` as this run uses it (epochs and corruptions overridden)."""
-        return with_corruptions(with_epochs(get_suite(name), self.epochs), self.corruptions)
+        """Suite ``name`` as this run uses it (recipe, epochs and corruptions overridden)."""
+        suite = with_epochs(with_recipe(get_suite(name), self.recipe), self.epochs)
+        return with_corruptions(suite, self.corruptions)
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides this run's numbers (its hash names the run's folder contents)."""
+        # The recipe's name is left out: its whole effect is in the suite definitions, and runs
+        # made before recipes could be chosen stay resumable.
+        config = {k: v for k, v in self.to_dict().items() if k != "recipe"}
         return {
-            **self.to_dict(),
+            **config,
             "extra_ood_sha256": {k: file_sha256(Path(v)) for k, v in sorted(self.extra_ood.items())},
             "suite_definitions": {s: dataclasses.asdict(self.suite(s)) for s in self.suites},
             "detector_params": {d: _params(d) for d in self.detectors},
