@@ -8,6 +8,8 @@ between each detector's blind figure and its paper-protocol figure. From the rep
     .venv/bin/python benchmarks/quality.py      # 3 suites × 2 protocols × seeds 0,1,2
     .venv/bin/python benchmarks/quality.py --suites fmnist-vs-mnist --seeds 0 --protocols blind
     .venv/bin/python benchmarks/quality.py --aggregate-only              # re-tabulate saved runs
+    .venv/bin/python benchmarks/quality.py --recipe resnet18 --protocols blind \
+        --root benchmarks/results/quality-resnet18 --out benchmarks/results/quality-resnet18.md
 
 Output: ``benchmarks/results/quality.md`` (and the raw runs under ``benchmarks/results/quality/``).
 """
@@ -36,7 +38,7 @@ def run_dir(root: Path, suite: str, protocol: str, seed: int) -> Path:
     return root / f"{suite}-{protocol}-seed{seed}"
 
 
-def run(root: Path, suite: str, protocol: str, seed: int, detectors: str) -> float:
+def run(root: Path, suite: str, protocol: str, seed: int, detectors: str, recipe: str) -> float:
     out = run_dir(root, suite, protocol, seed)
     cmd = [
         sys.executable,
@@ -51,6 +53,8 @@ def run(root: Path, suite: str, protocol: str, seed: int, detectors: str) -> flo
         str(seed),
         "--detectors",
         detectors,
+        "--recipe",
+        recipe,
         "--out",
         str(out),
         "--quiet",
@@ -87,8 +91,9 @@ def paired_diffs(blind: dict[str, list[float]], paper: dict[str, list[float]], m
 
 def tables(rows: list[dict[str, Any]]) -> str:
     groups = aggregate(rows)
+    recipes = sorted({r["config"].get("recipe", "lenet") for r in rows})
     lines = [
-        "# Quality benchmark",
+        "# Quality benchmark" + ("" if recipes == ["lenet"] else f" — recipe {', '.join(recipes)}"),
         "",
         "AUROC and FPR@95 in percent, mean ± std over the seeds listed; ID positive. `blind` tunes on ID "
         "validation + synthetic OOD validation only; `paper` tunes on 500 + 500 images cut from each "
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--detectors", default="all")
+    ap.add_argument("--recipe", default="lenet", help="training recipe (oodlab list recipes)")
     ap.add_argument("--root", type=Path, default=Path("benchmarks/results/quality"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.md"))
     ap.add_argument("--aggregate-only", action="store_true")
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             for suite in args.suites.split(","):
                 for protocol in args.protocols.split(","):
                     key = f"{suite}/{protocol}/seed {seed}"
-                    walls[key] = run(args.root, suite, protocol, seed, args.detectors)
+                    walls[key] = run(args.root, suite, protocol, seed, args.detectors, args.recipe)
     rows = []
     for path in sorted(args.root.glob("*-seed*/results.json")):
         rows += json.loads(path.read_text())

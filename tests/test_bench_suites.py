@@ -130,6 +130,7 @@ def test_recipe_option_trains_the_named_network(tmp_path: Path, capsys) -> None:
     models = json.loads((out / "models.json").read_text())
     assert [m["recipe"]["model"] for m in models] == ["lenet5"]
     assert [m["recipe"]["epochs"] for m in models] == [1]
+    assert 0.0 <= models[0]["id_val_accuracy"] <= 1.0  # what a network may be chosen by
     assert run(["bench", "--suite", "tiny", "--recipe", "vgg", "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "unknown recipe 'vgg'; known recipes: lenet, lenet5, resnet18" in capsys.readouterr().err
     assert run(["list", "recipes"]) == 0
