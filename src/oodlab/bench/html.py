@@ -51,11 +51,14 @@ def _models_table(models: Sequence[dict[str, Any]]) -> str:
             _esc(m["recipe"]["model"]),
             _esc(m["recipe"]["epochs"]),
             f"{100 * m['id_accuracy']:.2f}",
+            # Runs saved before validation accuracy was recorded have none.
+            f"{100 * m['id_val_accuracy']:.2f}" if "id_val_accuracy" in m else "",
             _esc(Path(m["checkpoint"]).name),
         ]
         for m in models
     ]
-    return _table(["suite", "seed", "model", "epochs", "ID test accuracy (%)", "checkpoint"], body)
+    headers = ["suite", "seed", "model", "epochs", "ID test accuracy (%)", "ID validation accuracy (%)"]
+    return _table([*headers, "checkpoint"], body)
 
 
 def _summary_table(agg: Sequence[dict[str, Any]]) -> str:

@@ -134,6 +134,8 @@ def markdown_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, A
         line = f"Model ID test accuracy: {100 * id_acc:.2f}%"
         if m:
             recipe, ckpt = m["recipe"], Path(m["checkpoint"]).name
+            if "id_val_accuracy" in m:
+                line += f", validation {100 * m['id_val_accuracy']:.2f}%"
             line += f" ({recipe['model']}, {recipe['epochs']} epochs, checkpoint `{ckpt}`)"
         out += [line, "", suite_table(group)]
         tuning = _tuning_lines(group)
