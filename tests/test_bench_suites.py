@@ -131,9 +131,10 @@ def test_recipe_option_trains_the_named_network(tmp_path: Path, capsys) -> None:
     assert [m["recipe"]["model"] for m in models] == ["lenet5"]
     assert [m["recipe"]["epochs"] for m in models] == [1]
     assert 0.0 <= models[0]["id_val_accuracy"] <= 1.0  # what a network may be chosen by
-    assert f"validation {100 * models[0]['id_val_accuracy']:.2f}% (lenet5, 1 epochs" in (
-        out / "results.md"
-    ).read_text()
+    assert (
+        f"validation {100 * models[0]['id_val_accuracy']:.2f}% (lenet5, 1 epochs"
+        in (out / "results.md").read_text()
+    )
     assert "ID validation accuracy (%)" in (out / "report.html").read_text()
     assert run(["bench", "--suite", "tiny", "--recipe", "vgg", "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "unknown recipe 'vgg'; known recipes: lenet, lenet5, resnet18" in capsys.readouterr().err

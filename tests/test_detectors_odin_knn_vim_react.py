@@ -353,6 +353,17 @@ def test_react_threshold_is_the_percentile_of_training_activations(tiny_setup: d
         assert det.threshold_ == pytest.approx(np.percentile(acts.double().numpy(), p), rel=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_linear_percentile_is_numpys_bit_for_bit(n: int) -> None:
+    from oodlab.detectors.react import linear_percentile
+
+    rng = np.random.default_rng(n)
+    # A ReLU-like sample: many exact zeros (ties) and a long tail.
+    values = np.maximum(rng.standard_normal(n), 0).astype(np.float32)
+    for q in (0, 12.345, 50, 70, 90, 99.9, 100):
+        assert linear_percentile(values, q) == np.percentile(values.astype(np.float64), q)
+
+
 def test_react_at_percentile_100_is_the_energy_score(tiny_setup: dict) -> None:
     x = tiny_setup["id_train"].tensor(0, 200)  # within the training range: nothing is clipped
     react = _fit("react", tiny_setup, percentile=100).score(x)
