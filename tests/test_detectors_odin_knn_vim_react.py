@@ -261,7 +261,6 @@ def test_knn_subsample_is_seeded(tiny_setup: dict) -> None:
 
 def test_knn_tunes_k_on_validation(tiny_setup: dict, tmp_path) -> None:
     from oodlab.detectors import load_detector
-    from oodlab.metrics import fpr_at_tpr
 
     s = tiny_setup
     grid = (1, 3, 10, 40)
