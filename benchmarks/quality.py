@@ -10,6 +10,7 @@ between each detector's blind figure and its paper-protocol figure. From the rep
     .venv/bin/python benchmarks/quality.py --aggregate-only              # re-tabulate saved runs
     .venv/bin/python benchmarks/quality.py --recipe resnet18 --protocols blind \
         --root benchmarks/results/quality-resnet18 --out benchmarks/results/quality-resnet18.md
+    .venv/bin/python benchmarks/quality.py --recipe resnet18 --epochs 8 ...   # longer training
 
 Output: ``benchmarks/results/quality.md`` (and the raw runs under ``benchmarks/results/quality/``).
 """
@@ -38,7 +39,9 @@ def run_dir(root: Path, suite: str, protocol: str, seed: int) -> Path:
     return root / f"{suite}-{protocol}-seed{seed}"
 
 
-def run(root: Path, suite: str, protocol: str, seed: int, detectors: str, recipe: str) -> float:
+def run(
+    root: Path, suite: str, protocol: str, seed: int, detectors: str, recipe: str, epochs: int | None
+) -> float:
     out = run_dir(root, suite, protocol, seed)
     cmd = [
         sys.executable,
@@ -58,6 +61,7 @@ def run(root: Path, suite: str, protocol: str, seed: int, detectors: str, recipe
         "--out",
         str(out),
         "--quiet",
+        *(["--epochs", str(epochs)] if epochs is not None else []),
     ]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--detectors", default="all")
     ap.add_argument("--recipe", default="lenet", help="training recipe (oodlab list recipes)")
+    ap.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of the recipe's")
     ap.add_argument("--root", type=Path, default=Path("benchmarks/results/quality"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.md"))
     ap.add_argument("--aggregate-only", action="store_true")
@@ -174,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             for suite in args.suites.split(","):
                 for protocol in args.protocols.split(","):
                     key = f"{suite}/{protocol}/seed {seed}"
-                    walls[key] = run(args.root, suite, protocol, seed, args.detectors, args.recipe)
+                    walls[key] = run(
+                        args.root, suite, protocol, seed, args.detectors, args.recipe, args.epochs
+                    )
     rows = []
     for path in sorted(args.root.glob("*-seed*/results.json")):
         rows += json.loads(path.read_text())
