@@ -14,7 +14,7 @@ from oodlab.detectors import create_detector
 from oodlab.detectors._ensemble import combine, fit_on_validation_halves
 from oodlab.detectors.base import INPUT_GRAD, TAPS
 from oodlab.detectors.fssd import fss_distance, noise_images
-from oodlab.detectors.mahalanobis import class_gaussians, mahalanobis_score, precision_of
+from oodlab.detectors.mahalanobis import class_gaussians, mahalanobis_score, precision_of, sq_distances
 from oodlab.features import extract
 from oodlab.metrics import auroc
 from oodlab.models.base import TappedModel, TapRecorder
@@ -71,6 +71,23 @@ def test_mahalanobis_matches_numpy_on_a_2d_gaussian() -> None:
     s = mahalanobis_score(torch.tensor(test.x.reshape(30, 2)), means, precision_of(cov))
     np.testing.assert_allclose(s.numpy(), expected, rtol=1e-6)
     assert classes == [0, 1]
+
+
+def test_expanded_squared_distances_match_the_direct_form() -> None:
+    # 128-d ReLU-like features with 20 dead units (a singular covariance), offset far from 0 so
+    # that FᵀPF is large against the distances: the expansion's cancellation must stay tiny.
+    g = torch.Generator().manual_seed(0)
+    feats = (torch.rand(500, 128, generator=g) * (torch.arange(128) >= 20)).float() + 3.0
+    labels = torch.arange(500) % 10
+    means, cov, _ = class_gaussians(feats, labels)
+    precision = precision_of(cov)
+    got = sq_distances(feats, means, precision)
+    x = feats.to(torch.float64)
+    direct = torch.stack([(((x - m) @ precision) * (x - m)).sum(1) for m in means], dim=1)
+    torch.testing.assert_close(got, direct, rtol=1e-10, atol=1e-9)
+    # a feature equal to a class mean is at distance 0 from it, never below
+    at_mean = sq_distances(means[3:4].float(), means, precision)
+    assert at_mean[0, 3] >= 0 and at_mean[0, 3] < 1e-6
 
 
 def test_tied_covariance_is_the_class_centred_covariance() -> None:
