@@ -12,6 +12,7 @@ from oodlab import OodlabError
 from oodlab.detectors import create_detector
 from oodlab.detectors.knn import KNN, kth_neighbour_distance, kth_neighbour_distances, l2_normalize
 from oodlab.detectors.logits import log_softmax64
+from oodlab.detectors.react import linear_percentile
 from oodlab.features import Outputs, extract
 from oodlab.metrics import auroc, fpr_at_tpr
 
@@ -354,8 +355,6 @@ def test_react_threshold_is_the_percentile_of_training_activations(tiny_setup: d
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000])
 def test_linear_percentile_is_numpys_bit_for_bit(n: int) -> None:
-    from oodlab.detectors.react import linear_percentile
-
     rng = np.random.default_rng(n)
     # A ReLU-like sample: many exact zeros (ties) and a long tail.
     values = np.maximum(rng.standard_normal(n), 0).astype(np.float32)
