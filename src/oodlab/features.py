@@ -14,8 +14,6 @@ map inside the pass, so only the summary is kept.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 
 from oodlab.data.imageset import ImageSet
 from oodlab.errors import OodlabError
+from oodlab.io import atomic_write
 
 LOGITS = "logits"
 #: Images per forward pass by default. Kept small on purpose: glibc hands every allocation over
@@ -310,16 +309,7 @@ class OutputsCache:
 
     def _save(self, key: tuple[str, str], out: Outputs) -> None:
         small = {k: v.contiguous() for k, v in out.taps.items() if v.ndim <= self.max_disk_dims}
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({LOGITS: out.logits.contiguous(), **small}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(key), lambda tmp: save_file({LOGITS: out.logits.contiguous(), **small}, tmp))
 
     def clear(self) -> None:
         """Forget every output held in memory (files on disk stay)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from oodlab import __version__
 from oodlab.errors import OodlabError
-from oodlab.training.checkpoint import atomic_write_bytes
+from oodlab.io import atomic_write_bytes
 
 CELL_FORMAT = 1
 RUN_FORMAT = 1

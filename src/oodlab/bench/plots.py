@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from oodlab.data.corruptions import SEVERITIES
-from oodlab.training.checkpoint import atomic_write_bytes
+from oodlab.io import atomic_write_bytes
 
 Scores = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # {detector: {ood: (id, ood)}}
 

@@ -17,7 +17,7 @@ from oodlab.bench.aggregate import AGG_METRICS, aggregate, pm
 from oodlab.bench.cells import CellSpec, CellStore, read_manifest
 from oodlab.data.corruptions import SEVERITIES
 from oodlab.errors import OodlabError
-from oodlab.training.checkpoint import atomic_write_bytes
+from oodlab.io import atomic_write_bytes
 
 #: Metric columns: (key in a row, column title). Every value is a fraction, shown in percent.
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (

@@ -21,13 +21,11 @@ other source bytes is never picked up.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import hashlib
 import io
 import os
 import pickle
-import secrets
 import struct
 import warnings
 import zipfile
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from oodlab.errors import OodlabError
+from oodlab.io import atomic_write
 
 __all__ = [
     "FASHION_MNIST_FILES",
@@ -428,24 +427,17 @@ def _convert(dataset: str) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], source_hash: str) -> None:
-    """Write the cache atomically (temporary file in the same folder, then ``os.replace``)."""
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Not tempfile.mkstemp: that makes the file 0600; here the umask decides, as for any cache file.
-        tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+    """Write the cache atomically; a failure only warns (the data is converted again next time)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, source_sha256=np.array(source_hash), **arrays)
-        os.replace(tmp_name, path)
-        tmp_name = None
+
+    try:
+        atomic_write(path, write)
     except OSError as e:
         msg = f"oodlab: cannot write data cache {path} ({e}); converting again next time"
         warnings.warn(msg, stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
 
 
 def _read_cache(path: Path, split: str, source_hash: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -28,6 +28,7 @@ from oodlab import features
 from oodlab.data.imageset import ImageSet
 from oodlab.errors import NotFittedError, OodlabError
 from oodlab.features import Outputs
+from oodlab.io import atomic_write, atomic_write_text
 
 LOGITS_ONLY = frozenset({"logits"})
 TAPS = frozenset({"logits", "taps"})
@@ -205,8 +206,8 @@ class Detector:
             else:
                 plain[k] = v
         meta = {"detector": self.name, "params": self.get_params(), "state": plain, "arrays": sorted(tensors)}
-        save_file(tensors, str(path.with_suffix(".safetensors")))
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        atomic_write(path.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
 def load_detector(path: str | Path, model: nn.Module) -> Detector:
