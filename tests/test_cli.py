@@ -178,7 +178,8 @@ def assert_user_error(code: int, capsys, pattern: str, out_dir=None) -> None:
     last = [line for line in err.strip().splitlines() if line][-1]
     assert pattern in last, err
     if out_dir is not None:
-        assert not (out_dir / "results.json").exists()
+        # A refused run leaves the folder as it was: here it did not exist, so it must not now.
+        assert not out_dir.exists(), sorted(p.name for p in out_dir.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -224,6 +225,18 @@ def test_malformed_ood_npy_is_a_clear_error(array, pattern: str, tiny_suite: str
         ]
     )
     assert_user_error(code, capsys, pattern, tmp_path / "o")
+
+
+def test_refused_overwrite_leaves_previous_results_untouched(tiny_suite: str, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    assert run(["bench", "--suite", tiny_suite, "--detectors", "msp", "--out", str(out), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((0, 12, 12), np.uint8))
+    args = ["bench", "--suite", tiny_suite, "--detectors", "energy", "--ood-npy", f"bad={bad}"]
+    code = run([*args, "--out", str(out), "--overwrite", "--quiet"])
+    assert_user_error(code, capsys, "empty")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(tiny_suite: str, tmp_path, capsys) -> None:

@@ -6,6 +6,9 @@ A detector added later is covered here without editing this file. Detectors may 
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 
@@ -187,7 +190,16 @@ def test_params_round_trip(name: str) -> None:
     det = make(name)
     params = det.get_params()
     assert create_detector(name, **params).get_params() == params
-    assert det.__doc__ and "References" in det.__doc__ or det.__doc__
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_docstring_has_formula_and_references(name: str) -> None:
+    doc = inspect.getdoc(get_detector_class(name)) or ""
+    assert doc.strip(), f"{name} has no docstring"
+    refs = doc.split("References:", 1)
+    assert len(refs) == 2, f"{name}'s docstring has no 'References:' section"
+    first = refs[1].strip().split("\n\n", 1)[0]
+    assert re.search(r"\b(19|20)\d\d\b", first), f"{name}'s References name no paper with a year"
 
 
 @pytest.mark.parametrize("name", [n for n in DETECTORS if get_detector_class(n).tunes])

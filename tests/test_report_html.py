@@ -6,6 +6,7 @@ test skips, saying so, where it is absent.
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 import shutil
 import subprocess
@@ -38,6 +39,12 @@ window.addEventListener("load", () => {
     const [w, h, vis] = seen(t);
     t.setAttribute("data-probe", `rows=${t.rows.length} box=${w}x${h} visible=${vis}`);
   });
+  // What a person reads: the rendered text of the configuration table, one row per line.
+  const config = document.querySelector("table.config");
+  const pre = document.createElement("pre");
+  pre.id = "config-seen";
+  pre.textContent = config ? config.innerText : "";
+  document.body.appendChild(pre);
   document.body.setAttribute("data-probed", "yes");
 });
 </script>
@@ -100,3 +107,10 @@ def test_report_html_renders_tables_and_images_in_chromium(tiny: Path, tmp_path:
         m = re.fullmatch(r"rows=(\d+) box=(\d+)x(\d+) visible=true", probe)
         assert m and int(m.group(1)) >= 2 and int(m.group(2)) > 100 and int(m.group(3)) > 20, probe
     assert "ID test accuracy" in dom and "AUROC per corruption × severity" in dom
+    # The configuration reads as plain text: no escaped quotes, no JSON brackets (issue 14).
+    seen = htmllib.unescape(re.search(r'<pre id="config-seen">(.*?)</pre>', dom, re.S).group(1))
+    rows = dict(line.split("\t", 1) for line in seen.splitlines() if "\t" in line)
+    assert rows["suites"] == "tiny, tiny-corruptions", seen
+    assert rows["detectors"] == "msp, energy", seen
+    assert rows["seeds"] == "0, 1", seen
+    assert "&quot;" not in seen and '["' not in seen and "{" not in seen, seen

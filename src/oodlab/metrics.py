@@ -216,10 +216,19 @@ def _auc(roc: _Roc) -> float:
 
 
 def _average_precision(roc: _Roc) -> float:
-    """Step-wise average precision: ``sum_i (R_i - R_{i-1}) * P_i``."""
+    """Step-wise average precision: ``sum_i (R_i - R_{i-1}) * P_i``, in [0, 1] by construction.
+
+    Computed as ``(sum_i ΔTP_i · P_i) / n_pos`` rather than as a sum of recall steps
+    ``ΔTP_i / n_pos``: summing n rounded fractions ``1/n`` can land above 1 (20 perfectly
+    separated positives gave 1.0000000000000002). Here every ``ΔTP_i`` is an exact integer,
+    ``P_i = TP_i / (TP_i + FP_i) <= 1`` exactly (IEEE division is monotone), so each product
+    rounds to at most ``ΔTP_i``; every partial sum, in any summation order, is bounded by an
+    integer partial sum of the ``ΔTP_i`` (representable below 2**53), so the total is at most
+    ``n_pos`` and the final division at most 1. No clipping is needed.
+    """
     precision = roc.tps / (roc.tps + roc.fps)
-    d_recall = np.diff(roc.tps, prepend=0.0) / roc.n_pos
-    return float(np.dot(d_recall, precision))
+    d_tps = np.diff(roc.tps, prepend=0.0)
+    return float(np.dot(d_tps, precision) / roc.n_pos)
 
 
 def _point_at_tpr(roc: _Roc, tpr: float) -> int:

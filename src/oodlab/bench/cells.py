@@ -220,12 +220,14 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def prepare_run_dir(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool) -> bool:
-    """Make ``out_dir`` ready for the run described by ``manifest``.
+def check_run_dir(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool) -> bool:
+    """Whether ``out_dir`` can take the run described by ``manifest``; reads, never writes.
 
-    Returns ``True`` when the folder already held this configuration (a resumed run). A folder
+    Returns ``True`` when the folder already holds this configuration (a resumed run). A folder
     with results of another configuration, or damaged or foreign results, is an error unless
-    ``overwrite``, which deletes oodlab's own files there (and nothing else).
+    ``overwrite``. Nothing is written here, so a run refused later (a bad input file, a corrupt
+    checkpoint) leaves the folder as it was: :func:`start_run_dir` runs just before the first
+    cell is written.
     """
     out_dir = Path(out_dir)
     present = [name for name in OWNED if (out_dir / name).exists()]
@@ -243,8 +245,14 @@ def prepare_run_dir(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool)
             f"{out_dir} holds results of a different configuration (differs in: {', '.join(diff) or '?'}); "
             "pick another --out or pass --overwrite to replace them"
         )
-    for name in present:
-        p = out_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    atomic_write_bytes(out_dir / RUN_FILE, json.dumps(manifest, indent=1).encode())
     return False
+
+
+def start_run_dir(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Delete oodlab's own files in ``out_dir`` (and nothing else), then write ``run.json``."""
+    out_dir = Path(out_dir)
+    for name in OWNED:
+        p = out_dir / name
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    atomic_write_bytes(out_dir / RUN_FILE, json.dumps(manifest, indent=1).encode())

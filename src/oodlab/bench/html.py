@@ -32,28 +32,42 @@ def _esc(x: Any) -> str:
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[Any]], cls: str = "results") -> str:
+    """An HTML table of plain-text cells: tabulate's ``html`` format escapes them (never pre-escape)."""
     text = tabulate(body, headers=list(header), tablefmt="html", disable_numparse=True)
     return text.replace("<table>", f'<table class="{cls}">', 1)
 
 
+def _plain(value: Any) -> str:
+    """A setting as a person reads it: lists as ``a, b``, mappings as ``key: value; …``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "none"
+    if value is None:
+        return "none"
+    return json.dumps(value)
+
+
 def _config_table(manifest: dict[str, Any]) -> str:
     cfg = {**manifest["config"], "environment": manifest.get("environment", {})}
-    body = [[_esc(k), _esc(json.dumps(v) if not isinstance(v, str) else v)] for k, v in cfg.items()]
-    body.append(["config hash", _esc(manifest.get("config_hash", ""))])
+    body = [[k, _plain(v)] for k, v in cfg.items()]
+    body.append(["config hash", manifest.get("config_hash", "")])
     return _table(["setting", "value"], body, cls="config")
 
 
 def _models_table(models: Sequence[dict[str, Any]]) -> str:
     body = [
         [
-            _esc(m["suite"]),
-            _esc(m["seed"]),
-            _esc(m["recipe"]["model"]),
-            _esc(m["recipe"]["epochs"]),
+            m["suite"],
+            m["seed"],
+            m["recipe"]["model"],
+            m["recipe"]["epochs"],
             f"{100 * m['id_accuracy']:.2f}",
             # Runs saved before validation accuracy was recorded have none.
             f"{100 * m['id_val_accuracy']:.2f}" if "id_val_accuracy" in m else "",
-            _esc(Path(m["checkpoint"]).name),
+            Path(m["checkpoint"]).name,
         ]
         for m in models
     ]
@@ -63,16 +77,13 @@ def _models_table(models: Sequence[dict[str, Any]]) -> str:
 
 def _summary_table(agg: Sequence[dict[str, Any]]) -> str:
     header = ["detector", "OOD", *(title for _, title in METRIC_COLUMNS)]
-    body = [
-        [_esc(a["detector"]), _esc(a["ood"]), *(pm(a.get(k), a["n_seeds"]) for k, _ in METRIC_COLUMNS)]
-        for a in agg
-    ]
+    body = [[a["detector"], a["ood"], *(pm(a.get(k), a["n_seeds"]) for k, _ in METRIC_COLUMNS)] for a in agg]
     return _table(header, body)
 
 
 def _corruption_table(agg: Sequence[dict[str, Any]]) -> str:
     header, body = corruption_rows(agg)
-    return _table(header, [[_esc(cell) for cell in row] for row in body])
+    return _table(header, body)
 
 
 def _figure(fig: dict[str, str], suite: str) -> str:

@@ -21,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from oodlab import __version__, features
-from oodlab.bench.cells import CellError, CellSpec, CellStore, file_sha256, prepare_run_dir, stable_hash
+from oodlab.bench.cells import (
+    CellError,
+    CellSpec,
+    CellStore,
+    check_run_dir,
+    file_sha256,
+    stable_hash,
+    start_run_dir,
+)
 from oodlab.bench.suites import (
     DEFAULT_RECIPE,
     DEFAULT_SUITES,
@@ -391,14 +399,17 @@ def run_bench(
     manifest = make_manifest(cfg)
     specs = [CellSpec.from_dict(c) for c in manifest["cells"]]
     store = CellStore(out_dir) if out_dir is not None else None
+    # The folder is only written once the first cell is finished: a run refused before that
+    # (bad input, corrupt checkpoint) leaves it exactly as it was.
+    started = False
     if store is not None:
-        resumed = prepare_run_dir(store.root, manifest, overwrite=overwrite)
+        resumed = started = check_run_dir(store.root, manifest, overwrite=overwrite)
         if resumed:
             manifest = {**manifest, "environment": _saved_environment(store.root, manifest)}
             if store.clean_temporary():
                 log(f"removed temporary files of an interrupted run in {store.root}")
     done: dict[CellSpec, dict[str, Any]] = {}
-    if store is not None:
+    if store is not None and started:  # without it, cells there are --overwrite's to replace
         for spec in specs:
             if not store.exists(spec):
                 continue
@@ -444,8 +455,12 @@ def run_bench(
                 scores: dict[str, tuple[np.ndarray, np.ndarray]],
                 by_name: dict[str, CellSpec] = by_name,
             ) -> None:
+                nonlocal started
                 spec = by_name[name]
                 if store is not None:
+                    if not started:
+                        start_run_dir(store.root, manifest)
+                        started = True
                     store.write(spec, rows, model, scores)
                 done[spec] = {"rows": rows, "model": model}
                 bar.update(1)

@@ -1,6 +1,6 @@
 """The detector protocol every oodlab detector follows.
 
-Conventions (see DESIGN.md):
+Conventions (docs/design.md):
 
 - ``score`` returns one float64 per input, *higher means more in-distribution*.
 - ``__init__`` stores hyperparameters only; ``fit`` does the work, returns ``self`` and keeps

@@ -17,7 +17,7 @@ from oodlab.detectors._tuning import select_on_validation
 from oodlab.detectors.base import Detector
 from oodlab.features import Outputs
 
-#: The temperature grid of METHODS.md (ODIN's grid).
+#: ODIN's temperature grid (docs/methods.md, "Logit detectors").
 TEMPERATURES: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
@@ -132,6 +132,12 @@ class MiSP(Detector):
 
     Returns:
         ``(N,)`` float64, at least ``log K``; higher = more in-distribution.
+
+    References:
+        Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and Out-of-Distribution
+        Examples in Neural Networks", ICLR 2017 (the softmax-confidence baseline; MiSP reads the
+        other end of the same distribution). The minimum softmax probability as a per-layer score
+        is described in ``docs/methods.md`` ("Logit detectors").
     """
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -178,6 +184,12 @@ class NegativeEntropy(Detector):
 
     Returns:
         ``(N,)`` float64 in ``[−log K, 0]``; higher = more in-distribution.
+
+    References:
+        Lakshminarayanan, Pritzel & Blundell, "Simple and Scalable Predictive Uncertainty
+        Estimation using Deep Ensembles", NeurIPS 2017 (predictive entropy on unseen classes);
+        Ren et al., "Likelihood Ratios for Out-of-Distribution Detection", NeurIPS 2019 (entropy
+        as an OOD baseline).
     """
 
     def __init__(self) -> None:

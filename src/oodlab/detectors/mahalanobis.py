@@ -29,7 +29,7 @@ from oodlab.errors import OodlabError
 from oodlab.features import Outputs, batches, model_device
 from oodlab.models.base import PENULTIMATE
 
-#: Input-preprocessing magnitudes of the reference code (raw-pixel units), METHODS.md.
+#: Input-preprocessing magnitudes of the reference code, raw-pixel units (docs/methods.md, "Mahalanobis").
 NOISES: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)
 
 

@@ -17,7 +17,7 @@ from oodlab.detectors.logits import TEMPERATURES, log_max_softmax
 from oodlab.errors import OodlabError
 from oodlab.features import model_device
 
-#: The perturbation grid of METHODS.md (raw-pixel units).
+#: ODIN's perturbation grid in raw-pixel units (docs/methods.md, "ODIN").
 NOISES: tuple[float, ...] = (0, 0.0005, 0.001, 0.0014, 0.002, 0.0024, 0.005, 0.01, 0.05, 0.1, 0.2)
 DEFAULT_TEMPERATURE = 1000.0
 DEFAULT_NOISE = 0.0014
