@@ -134,7 +134,7 @@ def measure_model(
     for name in names:
         # every detector pays for its own passes
         det, t_fit = timed(lambda: fresh_cache(lambda: fit(make_detector(name), model, data)))  # noqa: B023
-        grad = "input_grad" in det.needs
+        grad = det.capabilities.own_forward
         runs = paired(
             lambda: fresh_cache(lambda: det.score(test.tensor()) if grad else det.score_set(test)),  # noqa: B023
             forward,
@@ -158,7 +158,7 @@ def measure_model(
             f"[{label}] {name}: fit {t_fit:.2f} s, score {ips:.0f} images/s ({ratio:.2f}x forward)",
             flush=True,
         )
-    free = [n for n in names if "input_grad" not in fitted[n].needs]
+    free = [n for n in names if fitted[n].capabilities.shared_pass]
     # Shared path: one pass with every tap, then every detector reads it.
     taps = features.unique_specs(t for n in free for t in fitted[n].required_taps(model))
 

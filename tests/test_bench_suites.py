@@ -105,7 +105,8 @@ def test_list_corruptions(capsys) -> None:
 
 
 def test_recipes_keep_the_suites_input_statistics_and_build_a_working_model() -> None:
-    from oodlab.bench import RECIPES, BenchConfig, with_recipe
+    from oodlab.bench import BenchConfig
+    from oodlab.training import RECIPES, with_recipe
     from oodlab.training.trainer import build_model
 
     suite = SUITES["fmnist-vs-mnist"]

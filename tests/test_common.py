@@ -1,7 +1,13 @@
 """Invariants every registered detector keeps, discovered from the registry.
 
 A detector added later is covered here without editing this file. Detectors may declare
-``quick_params`` (for example a small tuning grid) to keep these tests fast.
+``quick_params`` (for example a small tuning grid) to keep these tests fast. Which checks run
+is chosen from each detector's declared :class:`~oodlab.detectors.base.Capabilities`, as
+scikit-learn's common tests read estimator tags: shared-pass detectors must score the shared
+outputs exactly as the raw images; those with their own passes must refuse shared outputs;
+input-gradient ones must work under ``torch.no_grad``; stochastic ones must be seeded and
+never touch the outputs cache; methods that train score a network they make from the tiny
+recipe (in seconds), cached, and save and reload it without being given a model.
 """
 
 from __future__ import annotations
@@ -16,21 +22,40 @@ from oodlab import NotFittedError, OodlabError, features
 from oodlab.detectors import Detector, create_detector, get_detector_class, list_detectors, load_detector
 from oodlab.features import extract
 from oodlab.metrics import auroc
+from oodlab.training import make_network
+
+from .conftest import TINY_RECIPE
 
 DETECTORS = list_detectors()
+TRAINING = [n for n in DETECTORS if get_detector_class(n).capabilities.trains]
 
 
 def make(name: str) -> Detector:
     return create_detector(name, **get_detector_class(name).quick_params)
 
 
-def fitted(name: str, setup: dict) -> Detector:
-    return make(name).fit(setup["model"], setup["id_train"], id_val=setup["id_val"], ood_val=setup["ood_val"])
+@pytest.fixture(scope="module")
+def models(tiny_setup: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
+    """The network each detector scores: the tiny model, or the one a method makes from its recipe."""
+    ckpt = tmp_path_factory.mktemp("checkpoints")
+    out = {}
+    for name in DETECTORS:
+        if name in TRAINING:
+            net = make(name).network(TINY_RECIPE)
+            out[name], _ = make_network(net, tiny_setup["id_train"], checkpoint_dir=ckpt, progress=False)
+        else:
+            out[name] = tiny_setup["model"]
+    out["__checkpoints__"] = ckpt  # type: ignore[assignment]
+    return out
+
+
+def fitted(name: str, setup: dict, models: dict) -> Detector:
+    return make(name).fit(models[name], setup["id_train"], id_val=setup["id_val"], ood_val=setup["ood_val"])
 
 
 @pytest.fixture(scope="module")
-def fitted_detectors(tiny_setup: dict) -> dict[str, Detector]:
-    return {name: fitted(name, tiny_setup) for name in DETECTORS}
+def fitted_detectors(tiny_setup: dict, models: dict) -> dict[str, Detector]:
+    return {name: fitted(name, tiny_setup, models) for name in DETECTORS}
 
 
 def test_registry_is_not_empty() -> None:
@@ -38,10 +63,10 @@ def test_registry_is_not_empty() -> None:
 
 
 @pytest.mark.parametrize("name", DETECTORS)
-def test_fit_returns_self(name: str, tiny_setup: dict) -> None:
+def test_fit_returns_self(name: str, tiny_setup: dict, models: dict) -> None:
     det = make(name)
     s = tiny_setup
-    assert det.fit(s["model"], s["id_train"], id_val=s["id_val"], ood_val=s["ood_val"]) is det
+    assert det.fit(models[name], s["id_train"], id_val=s["id_val"], ood_val=s["ood_val"]) is det
 
 
 @pytest.mark.parametrize("name", DETECTORS)
@@ -94,20 +119,22 @@ def test_shuffling_inputs_shuffles_scores(name: str, fitted_detectors: dict, tin
 
 
 @pytest.mark.parametrize("name", DETECTORS)
-def test_seeded_fits_give_identical_scores(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+def test_seeded_fits_give_identical_scores(
+    name: str, fitted_detectors: dict, tiny_setup: dict, models: dict
+) -> None:
     x = tiny_setup["id_test"].tensor(0, 20)
-    again = fitted(name, tiny_setup)
+    again = fitted(name, tiny_setup, models)
     assert torch.equal(again.score(x), fitted_detectors[name].score(x))
 
 
 @pytest.mark.parametrize("name", DETECTORS)
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_fit_leaves_model_unchanged(name: str, mode: str, tiny_setup: dict) -> None:
-    model = tiny_setup["model"]
+def test_fit_leaves_model_unchanged(name: str, mode: str, tiny_setup: dict, models: dict) -> None:
+    model = models[name]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train(mode == "train")
     try:
-        det = fitted(name, tiny_setup)
+        det = fitted(name, tiny_setup, models)
         det.score(tiny_setup["id_test"].tensor(0, 8))
         assert model.training == (mode == "train")
         for k, v in model.state_dict().items():
@@ -128,11 +155,11 @@ def test_separates_an_easy_case(name: str, fitted_detectors: dict, tiny_setup: d
 
 @pytest.mark.parametrize("name", DETECTORS)
 def test_save_and_reload_give_identical_scores(
-    name: str, fitted_detectors: dict, tiny_setup: dict, tmp_path
+    name: str, fitted_detectors: dict, models: dict, tiny_setup: dict, tmp_path
 ) -> None:
     det = fitted_detectors[name]
     det.save(tmp_path / name)
-    again = load_detector(tmp_path / name, tiny_setup["model"])
+    again = load_detector(tmp_path / name, models[name])
     assert type(again) is type(det)
     assert again.get_params() == det.get_params()
     x = tiny_setup["id_test"].tensor(0, 16)
@@ -152,24 +179,89 @@ def test_wrong_input_shape_is_a_clear_error(name: str, fitted_detectors: dict) -
 @pytest.mark.parametrize("name", DETECTORS)
 def test_shared_forward_pass_matches_raw_scoring(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
     det = fitted_detectors[name]
-    images = tiny_setup["id_test"]
-    if "input_grad" in det.needs:
-        with pytest.raises(OodlabError, match="gradient"):
-            det.score_outputs(extract(tiny_setup["model"], images))
-        return
-    out = extract(tiny_setup["model"], images, det.required_taps(tiny_setup["model"]))
+    if not det.capabilities.shared_pass:
+        pytest.skip(f"{name} runs its own passes ({det.capabilities.describe()})")
+    model, images = det.model_, tiny_setup["id_test"]
+    out = extract(model, images, det.required_taps(model))
     torch.testing.assert_close(det.score_outputs(out), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(det.score_set(images), det.score(images.tensor()), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", DETECTORS)
+def test_own_passes_refuse_shared_outputs(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    det = fitted_detectors[name]
+    if det.capabilities.shared_pass:
+        pytest.skip(f"{name} is scored from the shared pass")
+    with pytest.raises(OodlabError, match="runs the model itself"):
+        det.score_outputs(extract(det.model_, tiny_setup["id_test"]))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_input_gradients_work_under_no_grad(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
+    det = fitted_detectors[name]
+    if not det.capabilities.input_gradient:
+        pytest.skip(f"{name} takes no input gradient")
+    x = tiny_setup["id_test"].tensor(0, 12)
+    with torch.no_grad():
+        inside = det.score(x)
+    assert torch.equal(inside, det.score(x))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_stochastic_scores_are_seeded_and_never_cached(
+    name: str, fitted_detectors: dict, tiny_setup: dict, models: dict
+) -> None:
+    det = fitted_detectors[name]
+    if not det.capabilities.stochastic:
+        pytest.skip(f"{name} is deterministic")
+    images = tiny_setup["id_test"].subset(slice(0, 25))
+    with features.using_cache(features.OutputsCache()) as cache:
+        first = det.score_set(images)
+        second = det.score_set(images)
+    assert cache.forward_passes == 0 and not cache._store, "stochastic scores went through the outputs cache"
+    assert torch.equal(first, second)
+    seeds = {k: v for k, v in det.get_params().items() if k == "seed"}
+    assert seeds, f"{name} is stochastic but has no seed parameter"
+    other = create_detector(name, **{**det.get_params(), "seed": det.get_params()["seed"] + 1})
+    other.fit(
+        models[name], tiny_setup["id_train"], id_val=tiny_setup["id_val"], ood_val=tiny_setup["ood_val"]
+    )
+    assert not torch.equal(other.score_set(images), first), "another seed should draw other passes"
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_methods_that_train_make_their_network_once(name: str, tiny_setup: dict, models: dict) -> None:
+    net = make(name).network(TINY_RECIPE)
+    assert net.identity() != [TINY_RECIPE.identity()], "a method that trains makes a network of its own"
+    again, meta = make_network(
+        net, tiny_setup["id_train"], checkpoint_dir=models["__checkpoints__"], progress=False
+    )
+    assert meta["cached"], "its network comes from the checkpoint cache the second time"
+    x = tiny_setup["id_test"].tensor(0, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), models[name](x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_methods_that_train_save_their_network(
+    name: str, fitted_detectors: dict, tiny_setup: dict, tmp_path
+) -> None:
+    det = fitted_detectors[name]
+    det.save(tmp_path / name)
+    again = load_detector(tmp_path / name)  # no model given: the saved, learned network
+    assert again.model_ is not det.model_
+    x = tiny_setup["id_test"].tensor(0, 16)
+    assert torch.equal(again.score(x), det.score(x))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
 def test_train_taps_cover_what_fit_reads(
-    name: str, tiny_setup: dict, monkeypatch: pytest.MonkeyPatch
+    name: str, tiny_setup: dict, models: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bench runner's shared pass over the training set computes only ``train_taps``:
     fitting from that cache must not run the training set through the model again."""
     s = tiny_setup
-    model, id_train = s["model"], s["id_train"]
+    model, id_train = models[name], s["id_train"]
     det = make(name)
     lengths: list[int] = []
     real_extract = features.extract
@@ -203,9 +295,9 @@ def test_docstring_has_formula_and_references(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in DETECTORS if get_detector_class(n).tunes])
-def test_tuned_detectors_need_validation_data(name: str, tiny_setup: dict) -> None:
+def test_tuned_detectors_need_validation_data(name: str, tiny_setup: dict, models: dict) -> None:
     with pytest.raises(OodlabError, match=name):
-        make(name).fit(tiny_setup["model"], tiny_setup["id_train"])
+        make(name).fit(models[name], tiny_setup["id_train"])
 
 
 @pytest.mark.parametrize("name", [n for n in DETECTORS if get_detector_class(n).tunes])
@@ -216,7 +308,7 @@ def test_tuned_detectors_report_their_choice(name: str, fitted_detectors: dict) 
 
 
 @pytest.mark.parametrize("name", DETECTORS)
-def test_empty_training_set_is_a_clear_error(name: str, tiny_setup: dict) -> None:
+def test_empty_training_set_is_a_clear_error(name: str, tiny_setup: dict, models: dict) -> None:
     empty = tiny_setup["id_train"].subset(slice(0, 0))
     with pytest.raises(OodlabError, match="empty"):
-        make(name).fit(tiny_setup["model"], empty, id_val=tiny_setup["id_val"], ood_val=tiny_setup["ood_val"])
+        make(name).fit(models[name], empty, id_val=tiny_setup["id_val"], ood_val=tiny_setup["ood_val"])

@@ -12,7 +12,7 @@ from oodlab import OodlabError
 from oodlab.data import ImageSet
 from oodlab.detectors import create_detector
 from oodlab.detectors._ensemble import combine, fit_on_validation_halves
-from oodlab.detectors.base import INPUT_GRAD, TAPS
+from oodlab.detectors.base import INPUT_GRADIENT, SHARED_PASS, TAPS
 from oodlab.detectors.fssd import fss_distance, noise_images
 from oodlab.detectors.mahalanobis import class_gaussians, mahalanobis_score, precision_of, sq_distances
 from oodlab.features import extract
@@ -65,7 +65,7 @@ def test_mahalanobis_matches_numpy_on_a_2d_gaussian() -> None:
     det = create_detector("mahalanobis", noise=0.0).fit(PixelModel(), train)
     expected = numpy_mahalanobis(train, test.x)
     np.testing.assert_allclose(det.score(test.tensor()).numpy(), expected, rtol=1e-5)
-    assert det.needs == TAPS and det.required_taps(det.model_) == ("penultimate",)
+    assert det.capabilities == SHARED_PASS and det.required_taps(det.model_) == ("penultimate",)
     # the helpers on tensors give the same
     means, cov, classes = class_gaussians(torch.tensor(train.x.reshape(200, 2)), train.labels())
     s = mahalanobis_score(torch.tensor(test.x.reshape(30, 2)), means, precision_of(cov))
@@ -113,17 +113,17 @@ def test_perturbation_raises_id_scores(tiny_setup: dict) -> None:
     x = s["id_test"].tensor(0, 40)
     plain = create_detector("mahalanobis", noise=0.0).fit(s["model"], s["id_train"])
     moved = create_detector("mahalanobis", noise=0.002).fit(s["model"], s["id_train"])
-    assert moved.needs == INPUT_GRAD
+    assert moved.capabilities == INPUT_GRADIENT
     assert moved.score(x).mean() > plain.score(x).mean()
 
 
 def test_tuning_reports_the_only_candidate(tiny_setup: dict) -> None:
     s = tiny_setup
     det = create_detector("mahalanobis", grid=(0.0,))
-    assert det.needs == INPUT_GRAD and det.tunes  # ε unknown before fit
+    assert det.capabilities == INPUT_GRADIENT and det.tunes  # ε unknown before fit
     det.fit(s["model"], s["id_train"], id_val=s["id_val"], ood_val=s["ood_val"])
     assert det.tuning()["chosen"]["noise"] == 0.0
-    assert det.needs == TAPS  # ε = 0: scored from the shared forward pass
+    assert det.needs == TAPS and det.capabilities == SHARED_PASS  # ε = 0: the shared forward pass
     assert not create_detector("mahalanobis", noise=0.001).tunes
 
 
@@ -225,7 +225,7 @@ def test_fssd_score_is_the_euclidean_distance(tap: str, tiny_setup: dict) -> Non
     np.testing.assert_allclose(det.score(x).numpy(), expected, rtol=1e-5)
     # the shared pass is asked for the distance only, never the full map
     (spec,) = det.required_taps(s["model"])
-    assert det.needs == TAPS and spec.tap == tap and spec.key != tap
+    assert det.capabilities == SHARED_PASS and spec.tap == tap and spec.key != tap
     out = extract(s["model"], x, [spec])
     assert set(out.taps) == {spec.key} and out.tap(spec).shape == (5,)
 
@@ -248,7 +248,7 @@ def test_fssd_perturbation_and_tuning(tiny_setup: dict) -> None:
     assert det.tunes and det.tuning()["chosen"]["perturbation"] in (0.01, 0.0)
     moved = create_detector("fssd", perturbation=0.05).fit(s["model"], s["id_train"])
     plain = create_detector("fssd").fit(s["model"], s["id_train"])
-    assert moved.needs == INPUT_GRAD and not moved.tunes
+    assert moved.capabilities == INPUT_GRADIENT and not moved.tunes
     x = s["id_test"].tensor(0, 20)
     # the reference's step moves the features towards F*: the distance shrinks
     assert (moved.score(x) < plain.score(x)).float().mean() > 0.9
@@ -265,7 +265,7 @@ def test_fssd_errors(tiny_setup: dict) -> None:
     with pytest.raises(OodlabError, match="was not computed"):
         det.score_outputs(extract(s["model"], s["id_test"].tensor(0, 4)))
     moved = create_detector("fssd", perturbation=0.01).fit(s["model"], s["id_train"])
-    with pytest.raises(OodlabError, match="needs input gradients"):
+    with pytest.raises(OodlabError, match="runs the model itself"):
         moved.score_outputs(extract(s["model"], s["id_test"].tensor(0, 4)))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +28,22 @@ def _parse_ood_npy(values: tuple[str, ...]) -> dict[str, str]:
         if not Path(path).is_file():
             raise OodlabError(f"--ood-npy {name}: no such file {path}")
         out[name] = path
+    return out
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("deep-ensemble.members=3", ...)`` → ``{"deep-ensemble": {"members": 3}}`` (values as JSON)."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in values:
+        target, sep, raw = v.partition("=")
+        det, dot, param = target.partition(".")
+        if not sep or not dot or not det or not param:
+            raise OodlabError(f"--param takes DETECTOR.PARAM=VALUE, got {v!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word is a string: aux=edges
+        out.setdefault(det, {})[param] = value
     return out
 
 
@@ -136,6 +154,14 @@ def cli() -> None:
     is_flag=True,
     help="Replace the results in --out even if they come from a different configuration.",
 )
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="DETECTOR.PARAM=VALUE",
+    help="A hyperparameter of one of --detectors, e.g. deep-ensemble.members=3, mc-dropout.passes=16, "
+    "outlier-exposure.aux=edges (VALUE read as JSON, else as a string). Repeatable.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the plots (tables and report.html only).")
 @click.option(
     "--no-feature-cache",
@@ -157,6 +183,7 @@ def bench(
     mixtures: tuple[str, ...],
     out_dir: Path,
     overwrite: bool,
+    params: tuple[str, ...],
     no_plots: bool,
     no_feature_cache: bool,
     quiet: bool,
@@ -186,6 +213,7 @@ def bench(
         epochs=epochs,
         corruptions=_parse_names(corruptions, "--corruptions") if corruptions is not None else None,
         mixtures=list(mixtures),
+        detector_params=_parse_params(params),
     )
     t0 = time.perf_counter()
     rows, models = run_bench(
@@ -227,16 +255,31 @@ def report(out_dir: Path, no_plots: bool) -> None:
 @cli.command("list")
 @click.argument(
     "what",
-    type=click.Choice(["detectors", "suites", "recipes", "models", "datasets", "corruptions"]),
+    type=click.Choice(
+        ["detectors", "suites", "recipes", "models", "datasets", "corruptions", "aux", "objectives"]
+    ),
     default="detectors",
 )
 def list_cmd(what: str) -> None:
-    """List registered detectors, suites, training recipes, models, datasets or corruptions."""
+    """List detectors (and how each runs), suites, recipes, models, datasets, corruptions,
+    auxiliary outlier sets or training objectives."""
     if what == "detectors":
         from oodlab.detectors import get_detector_class, list_detectors
 
         for n in list_detectors():
-            doc = (get_detector_class(n).__doc__ or "").strip().splitlines()[0]
+            cls = get_detector_class(n)
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            click.echo(f"{n:24s} [{cls.capabilities.describe()}] {doc}")
+    elif what == "aux":
+        from oodlab.training import list_aux
+
+        for name, description in list_aux():
+            click.echo(f"{name:24s} {description}")
+    elif what == "objectives":
+        from oodlab.training import get_objective_class, list_objectives
+
+        for n in list_objectives():
+            doc = (get_objective_class(n).__doc__ or "").strip().splitlines()[0]
             click.echo(f"{n:24s} {doc}")
     elif what == "suites":
         from oodlab.bench import SUITES
@@ -244,7 +287,7 @@ def list_cmd(what: str) -> None:
         for s in SUITES.values():
             click.echo(f"{s.name:24s} {s.description}")
     elif what == "recipes":
-        from oodlab.bench import RECIPES
+        from oodlab.training import RECIPES
 
         for r in RECIPES.values():
             click.echo(f"{r.name:24s} {r.description}")

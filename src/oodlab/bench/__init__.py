@@ -4,29 +4,22 @@ from oodlab.bench.report import markdown_report, suite_table, write_report, writ
 from oodlab.bench.runner import DEFAULT_DETECTORS, BenchConfig, resolve_detectors, run_bench, run_suite
 from oodlab.bench.suites import (
     DEFAULT_SUITES,
-    RECIPES,
     SUITES,
-    Recipe,
     Suite,
     SuiteData,
     build_suite,
-    get_recipe,
     get_suite,
     list_suites,
-    with_recipe,
 )
 
 __all__ = [
     "DEFAULT_DETECTORS",
     "DEFAULT_SUITES",
-    "RECIPES",
     "SUITES",
     "BenchConfig",
-    "Recipe",
     "Suite",
     "SuiteData",
     "build_suite",
-    "get_recipe",
     "get_suite",
     "list_suites",
     "markdown_report",
@@ -34,7 +27,6 @@ __all__ = [
     "run_bench",
     "run_suite",
     "suite_table",
-    "with_recipe",
     "write_report",
     "write_results",
 ]

@@ -62,7 +62,8 @@ def _models_table(models: Sequence[dict[str, Any]]) -> str:
         [
             m["suite"],
             m["seed"],
-            m["recipe"]["model"],
+            # A method that trains names its network (objective, auxiliary set, members).
+            m.get("network", {}).get("network", m["recipe"]["model"]),
             m["recipe"]["epochs"],
             f"{100 * m['id_accuracy']:.2f}",
             # Runs saved before validation accuracy was recorded have none.

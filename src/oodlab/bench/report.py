@@ -118,9 +118,34 @@ def _tuning_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(seen.values())
 
 
+def base_models(models: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """One model summary per (suite, seed): the suite's own network where it was run, else the first."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for m in models:
+        key = (m["suite"], m["seed"])
+        if key not in out or ("network" in out[key] and "network" not in m):
+            out[key] = m
+    return out
+
+
+def _network_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per method that trains its network: how it was made, its accuracy and cost."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        net = r.get("network")
+        if net and r["detector"] not in seen:
+            aux = net.get("aux") or {}
+            seen[r["detector"]] = (
+                f"- `{r['detector']}`: {net['network']}; ID test accuracy {100 * r['id_accuracy']:.2f}%, "
+                f"training {net['train_seconds']:.0f} s"
+                + (f", auxiliary outliers `{aux['name']}` ({aux['n']} images)" if aux else "")
+            )
+    return list(seen.values())
+
+
 def markdown_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, Any]] = ()) -> str:
     """The whole ``results.md``: per suite and seed, the model's accuracy, the table, the tuning."""
-    acc = {(m["suite"], m["seed"]): m for m in models}
+    acc = base_models(models)
     out = ["# oodlab benchmark results", ""]
     out.append(
         "All numbers in percent. ID is the positive class; FPR@95 is the share of OOD accepted at the "
@@ -138,6 +163,10 @@ def markdown_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, A
                 line += f", validation {100 * m['id_val_accuracy']:.2f}%"
             line += f" ({recipe['model']}, {recipe['epochs']} epochs, checkpoint `{ckpt}`)"
         out += [line, "", suite_table(group)]
+        networks = _network_lines(group)
+        if networks:
+            out += ["", "Networks of the methods that train (ID accuracy in the table is each one's own):"]
+            out += networks
         tuning = _tuning_lines(group)
         if tuning:
             out += ["", "Tuned hyperparameters:", *tuning]
@@ -164,7 +193,7 @@ def console_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, An
     """What ``oodlab bench`` prints: a table per suite and seed (or the corruption grid), and the
     mean ± std table of every suite run with several seeds."""
     out = []
-    for m in models:
+    for m in base_models(models).values():
         group = [r for r in rows if r["suite"] == m["suite"] and r["seed"] == m["seed"]]
         if not group:
             continue

@@ -31,18 +31,15 @@ from oodlab.bench.cells import (
     start_run_dir,
 )
 from oodlab.bench.suites import (
-    DEFAULT_RECIPE,
     DEFAULT_SUITES,
     PROTOCOLS,
     Suite,
     SuiteData,
     build_suite,
     check_mixtures,
-    get_recipe,
     get_suite,
     with_corruptions,
     with_epochs,
-    with_recipe,
 )
 from oodlab.data.corruptions import SEVERITIES, check_corruptions
 from oodlab.data.imageset import ImageSet
@@ -53,7 +50,7 @@ from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
 from oodlab.features import OutputsCache
 from oodlab.metrics import classification_accuracy, ood_metrics, threshold_at_accept_rate
-from oodlab.training import fit_or_load
+from oodlab.training import DEFAULT_RECIPE, Network, get_recipe, make_network, with_recipe
 
 #: Detectors `oodlab bench` runs when none are named: every one that needs no retraining and
 #: is cheap enough for the default benchmark.
@@ -77,13 +74,24 @@ class BenchConfig:
     corruptions: list[str] | None = None
     #: Near/far mixture OOD sets, each ``"NAME=NEAR+FAR:P"`` (see :mod:`oodlab.data.mixtures`).
     mixtures: list[str] = field(default_factory=list)
+    #: Hyperparameters of named detectors, ``{detector: {param: value}}`` (others: defaults).
+    detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for s in self.suites:
             get_suite(s)
         for d in self.detectors:
             get_detector_class(d)
+        for d in self.detector_params:
+            if d not in self.detectors:
+                raise OodlabError(f"--param names detector {d!r}, which is not in --detectors")
         get_recipe(self.recipe)
+        # Building every detector checks its parameters (and each method's network) before
+        # anything is trained or written.
+        for d in self.detectors:
+            det = self.make_detector(d)
+            for s in self.suites:
+                det.check_network(self.suite(s).train)
         if self.protocol not in PROTOCOLS:
             raise OodlabError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
         if not 0.0 < self.accept_rate <= 1.0:
@@ -104,7 +112,14 @@ class BenchConfig:
             check_mixtures(self.suite(s), self.mixture_specs(), list(self.extra_ood))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.detector_params:
+            d.pop("detector_params")  # runs made before detector parameters keep their hash
+        return d
+
+    def make_detector(self, name: str) -> Detector:
+        """A new detector ``name`` with this run's parameters for it."""
+        return create_detector(name, **self.detector_params.get(name, {}))
 
     def mixture_specs(self) -> list[MixtureSpec]:
         return [parse_mixture(m) for m in self.mixtures]
@@ -119,13 +134,25 @@ class BenchConfig:
         # The recipe's name is left out: its whole effect is in the suite definitions, and runs
         # made before recipes could be chosen stay resumable.
         config = {k: v for k, v in self.to_dict().items() if k != "recipe"}
+        networks = {
+            f"{s}/{d}": self._network_identity(s, d)
+            for s in self.suites
+            for d in self.detectors
+            if get_detector_class(d).capabilities.trains
+        }
         return {
             **config,
             "extra_ood_sha256": {k: file_sha256(Path(v)) for k, v in sorted(self.extra_ood.items())},
             "suite_definitions": {s: dataclasses.asdict(self.suite(s)) for s in self.suites},
-            "detector_params": {d: _params(d) for d in self.detectors},
+            "detector_params": {d: _params(d, self.detector_params.get(d, {})) for d in self.detectors},
+            # Only runs with methods that train have this key: older runs keep their hash.
+            **({"networks": networks} if networks else {}),
             "oodlab": __version__,
         }
+
+    def _network_identity(self, suite: str, detector: str) -> list[dict[str, Any]]:
+        """What makes the network ``detector`` scores on ``suite`` (its seed left at the suite's)."""
+        return self.make_detector(detector).network(self.suite(suite).train).identity()
 
     def cells(self, identity: dict[str, Any] | None = None) -> list[CellSpec]:
         """Every (suite, seed, detector) cell of the run, in report order, keyed by what makes it."""
@@ -134,8 +161,12 @@ class BenchConfig:
         for s in self.suites:
             for seed in self.seeds:
                 for d in self.detectors:
+                    # A method's network (recipe, objective, auxiliary set, members) is part of
+                    # its cells' identity; post-hoc detectors score the suite's own network.
+                    network = ident.get("networks", {}).get(f"{s}/{d}")
                     key = stable_hash(
                         {
+                            **({"network": network} if network is not None else {}),
                             "suite": ident["suite_definitions"][s],
                             "seed": seed,
                             "protocol": self.protocol,
@@ -151,11 +182,11 @@ class BenchConfig:
         return out
 
 
-def _params(detector: str) -> dict[str, Any]:
+def _params(detector: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
-        return create_detector(detector).get_params()
+        return create_detector(detector, **(params or {})).get_params()
     except Exception:  # a detector that cannot be built without arguments: its class name stands in
-        return {"class": get_detector_class(detector).__qualname__}
+        return {"class": get_detector_class(detector).__qualname__, **(params or {})}
 
 
 def environment() -> dict[str, Any]:
@@ -274,58 +305,87 @@ def _run_group(
     log: Callable[[str], None],
     feature_cache: bool = True,
 ) -> None:
-    """Compute the cells of ``detector_names`` on one suite and seed (one model, one data build)."""
+    """Compute the cells of ``detector_names`` on one suite and seed (one data build).
+
+    Each detector scores the network it names (:meth:`Detector.network`): post-hoc detectors
+    the suite's own, methods that train their fine-tuned network or ensemble. Every network
+    is trained or loaded once (each checkpoint cached on its own), and shared-pass detectors
+    of one network read one forward pass per image set.
+    """
     suite = cfg.suite(suite_name)
     mixtures = cfg.mixture_specs()
     tag = f"[{suite_name} seed {seed}]"
     on_start("data")
     data = build_suite(suite, seed, cfg.protocol, {k: Path(v) for k, v in cfg.extra_ood.items()}, mixtures)
     recipe = dataclasses.replace(suite.train, seed=seed)
-    log(f"{tag} model {recipe.model}: {len(data.id_train)} training images")
-    on_start("model")
-    model, meta = fit_or_load(recipe, data.id_train, progress=progress)
-    log(f"{tag} model {'loaded from cache' if meta['cached'] else 'trained'}: {meta['path']}")
-    detectors = [create_detector(n) for n in detector_names]
-    # One forward pass per image set, with every tap any detector reads (gradient-based ones fit
-    # on the training set's taps too). On the training set only the taps fitting reads: logit-
-    # only detectors learn nothing from it, so it is run through the model only when some
-    # detector fits on its taps.
-    taps = features.unique_specs(t for d in detectors for t in d.required_taps(model))
-    train_taps = features.unique_specs(t for d in detectors for t in d.train_taps(model))
-    sets = [data.id_train] if train_taps else []
-    sets += [data.id_test, *data.ood_tests.values()]
-    sets += [s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair]
+    detectors = [cfg.make_detector(n) for n in detector_names]
+    by_network: dict[str, tuple[Network, list[Detector]]] = {}
+    for det in detectors:
+        net = det.network(recipe)
+        by_network.setdefault(stable_hash(net.identity(), 24), (net, []))[1].append(det)
     kinds = _ood_kinds(suite, mixtures)
-    # A cache of this group's own: room for every set, and (unless disabled) the on-disk cache
-    # so that a later run with the same model and data skips the forward passes.
+    # A cache of this group's own, with room for every set of one network, and (unless
+    # disabled) the on-disk cache so that a later run with the same model and data skips the
+    # forward passes. Stochastic detectors never read it (they run the model themselves).
+    n_sets = 4 + len(data.ood_tests) + 2 * len(data.paper_val)
     disk = cache_dir() / "features" if feature_cache else None
-    with features.using_cache(OutputsCache(max_entries=len(sets) + 8, disk_dir=disk)):
-        on_start("features")
-        for s in sets:
-            features.outputs(model, s, train_taps if s is data.id_train else taps)
-        id_accuracy = classification_accuracy(features.outputs(model, data.id_test).logits, data.id_test.y)
-        # The held-out training images: what a user may choose a network by (the test split never).
-        id_val_accuracy = classification_accuracy(features.outputs(model, data.id_val).logits, data.id_val.y)
-        log(f"{tag} ID accuracy: test {100 * id_accuracy:.2f}%, validation {100 * id_val_accuracy:.2f}%")
-        model_info = {
-            "suite": suite_name,
-            "seed": seed,
-            "id_accuracy": id_accuracy,
-            "id_val_accuracy": id_val_accuracy,
-            "checkpoint": meta["path"],
-            "recipe": recipe.to_dict(),
-            "cached": meta["cached"],
-            "stats": meta.get("stats", {}),
-        }
-        for det in detectors:
-            on_start(det.name)
-            # Each cell draws its own random numbers: its numbers do not depend on which other
-            # cells this process computed before it (so a resumed run equals an uninterrupted one).
-            torch.manual_seed(seed)
-            rows, scores = _run_detector(cfg, det, model, data, id_accuracy, kinds)
-            shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
-            log(f"{tag} {det.name}: {shown}{', …' if len(rows) > 6 else ''}")
-            on_cell(det.name, rows, model_info, scores)
+    with features.using_cache(OutputsCache(max_entries=n_sets + 8, disk_dir=disk)):
+        for net, dets in by_network.values():
+            label = net.describe()
+            log(f"{tag} network {label}: {len(data.id_train)} training images")
+            on_start(f"network of {', '.join(d.name for d in dets)}")
+            model, meta = make_network(net, data.id_train, progress=progress, log=lambda m: log(f"{tag} {m}"))
+            how = "loaded from cache" if meta["cached"] else "trained"
+            log(f"{tag} network {how}: {meta['checkpoints'][0]}")
+            shared = [d for d in dets if d.capabilities.shared_pass]
+            # One forward pass per image set, with every tap a shared-pass detector reads (on
+            # the training set only the taps fitting reads, and only if some detector fits there).
+            taps = features.unique_specs(t for d in shared for t in d.required_taps(model))
+            train_taps = features.unique_specs(t for d in shared for t in d.train_taps(model))
+            sets: list[ImageSet] = []
+            if shared:
+                sets = [data.id_train] if train_taps else []
+                sets += [data.id_test, *data.ood_tests.values()]
+                sets += [
+                    s
+                    for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values()))
+                    for s in pair
+                ]
+            on_start("features")
+            for s in sets:
+                features.outputs(model, s, train_taps if s is data.id_train else taps)
+            id_accuracy = classification_accuracy(
+                features.outputs(model, data.id_test).logits, data.id_test.y
+            )
+            # The held-out training images: what a user may choose a network by (the test split never).
+            id_val_accuracy = classification_accuracy(
+                features.outputs(model, data.id_val).logits, data.id_val.y
+            )
+            log(f"{tag} ID accuracy: test {100 * id_accuracy:.2f}%, validation {100 * id_val_accuracy:.2f}%")
+            model_info = {
+                "suite": suite_name,
+                "seed": seed,
+                "id_accuracy": id_accuracy,
+                "id_val_accuracy": id_val_accuracy,
+                "checkpoint": meta["checkpoints"][0],
+                "recipe": net.members[0].to_dict(),
+                "cached": meta["cached"],
+                "stats": {"train_seconds": meta["train_seconds"]},
+            }
+            if any(d.capabilities.trains for d in dets):
+                model_info["network"] = {k: v for k, v in meta.items() if k != "cached"}
+            for det in dets:
+                on_start(det.name)
+                # Each cell draws its own random numbers: its numbers do not depend on which other
+                # cells this process computed before it (so a resumed run equals an uninterrupted one).
+                torch.manual_seed(seed)
+                rows, scores = _run_detector(cfg, det, model, data, id_accuracy, kinds)
+                if "network" in model_info:
+                    for r in rows:
+                        r["network"] = model_info["network"]
+                shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
+                log(f"{tag} {det.name}: {shown}{', …' if len(rows) > 6 else ''}")
+                on_cell(det.name, rows, model_info, scores)
 
 
 def run_suite(
@@ -493,10 +553,11 @@ def assemble(
     """Rows (each with the run's ``config``) and one model summary per (suite, seed), from cell documents."""
     config = {**manifest["config"], "environment": manifest["environment"]}
     rows: list[dict[str, Any]] = []
-    models: dict[tuple[str, int], dict[str, Any]] = {}
+    models: dict[tuple[str, int, str], dict[str, Any]] = {}
     for cell in cells:
         for r in cell["rows"]:
             rows.append({**r, "config": config})
         m = cell["model"]
-        models.setdefault((m["suite"], m["seed"]), m)
+        # One summary per network: the suite's own, and each method's that trains.
+        models.setdefault((m["suite"], m["seed"], m.get("network", {}).get("network", "")), m)
     return rows, list(models.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from oodlab.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, 
 from oodlab.data.mixtures import MixtureSpec, make_mixture
 from oodlab.errors import OodlabError
 from oodlab.training import TrainConfig
+from oodlab.training.recipes import lenet_recipe
 
 PROTOCOLS = ("blind", "paper")
 
@@ -92,100 +93,11 @@ class SuiteData:
         return self.paper_val.get(ood, (self.id_val, self.ood_val))
 
 
-def lenet_recipe(mean: float, std: float, epochs: int) -> TrainConfig:
-    """The FSSD reference's LeNet recipe (Adadelta lr 1.0, ×0.7 per epoch, batch 64), shortened.
-
-    Inputs are standardised with the ID training set's pixel mean and std (inside the model),
-    as the reference code does; this converges faster than mapping pixels to [−1, 1].
-    """
-    return TrainConfig(
-        model="lenet",
-        model_kwargs={"mean": mean, "std": std},
-        optimizer="adadelta",
-        lr=1.0,
-        schedule="step",
-        gamma=0.7,
-        epochs=epochs,
-        batch_size=64,
-    )
-
-
 #: MNIST / Fashion-MNIST training-set pixel statistics (the values the reference code uses).
 MNIST_RECIPE = lenet_recipe(0.1307, 0.3081, epochs=3)
 FMNIST_RECIPE = lenet_recipe(0.2860, 0.3530, epochs=3)
 #: Digits 1–9 need a fourth epoch to pass 99% test accuracy.
 MNIST_HOLDOUT_RECIPE = lenet_recipe(0.1307, 0.3081, epochs=4)
-
-
-def _input_stats(base: TrainConfig) -> dict[str, object]:
-    """The input normalisation of ``base`` (the other model arguments belong to its network)."""
-    return {k: v for k, v in base.model_kwargs.items() if k in ("mean", "std")}
-
-
-def _lenet5(base: TrainConfig) -> TrainConfig:
-    return replace(base, model="lenet5", model_kwargs=_input_stats(base), epochs=5)
-
-
-def _resnet18(base: TrainConfig) -> TrainConfig:
-    return replace(
-        base,
-        model="resnet18",
-        model_kwargs={**_input_stats(base), "width": 0.25},
-        optimizer="sgd",
-        lr=0.1,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        schedule="cosine",
-        epochs=3,
-        batch_size=128,
-    )
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A named way to train a suite's classifier (``oodlab bench --recipe``).
-
-    ``make`` turns the suite's own recipe into this one; it keeps the suite's input statistics
-    (``mean``/``std`` in ``model_kwargs``) and the seed, and sets everything else.
-    """
-
-    name: str
-    description: str
-    make: Callable[[TrainConfig], TrainConfig]
-
-
-#: The suite's own recipe is ``lenet``; the others swap in another network and its recipe.
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe(
-            "lenet",
-            "the suites' LeNet of the FSSD paper (1.2M parameters, dropout), Adadelta lr 1.0 ×0.7 per "
-            "epoch, batch 64, 3 epochs (4 on mnist-holdout0)",
-            lambda base: base,
-        ),
-        Recipe(
-            "lenet5",
-            "LeNet-5 (62k parameters, no dropout), the same Adadelta schedule, 5 epochs",
-            _lenet5,
-        ),
-        Recipe(
-            "resnet18",
-            "CIFAR-style ResNet-18 at width 0.25 (stage widths 16-128, BatchNorm, 0.7M parameters), "
-            "SGD Nesterov lr 0.1 momentum 0.9, weight decay 5e-4, cosine, batch 128, 3 epochs",
-            _resnet18,
-        ),
-    )
-}
-DEFAULT_RECIPE = "lenet"
-
-
-def get_recipe(name: str) -> Recipe:
-    """The recipe registered as ``name``."""
-    if name not in RECIPES:
-        raise OodlabError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
-    return RECIPES[name]
 
 
 SUITES: dict[str, Suite] = {
@@ -249,11 +161,6 @@ def get_suite(name: str) -> Suite:
 def list_suites() -> list[str]:
     """Names of the registered suites."""
     return list(SUITES)
-
-
-def with_recipe(suite: Suite, recipe: str) -> Suite:
-    """``suite`` with its classifier trained by the named recipe (``"lenet"`` keeps the suite's own)."""
-    return replace(suite, train=get_recipe(recipe).make(suite.train))
 
 
 def with_epochs(suite: Suite, epochs: int | None) -> Suite:

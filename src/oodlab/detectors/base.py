@@ -8,14 +8,18 @@ Conventions (docs/design.md):
   :class:`~oodlab.errors.NotFittedError`.
 - ``fit`` sees ID training data; anything tuned is tuned on ``id_val`` / ``ood_val`` and the
   choice is reported by :meth:`Detector.tuning`.
-- Detectors whose ``needs`` lack ``"input_grad"`` are scored from a shared forward pass
-  (:meth:`score_outputs`); the others run the model on the raw inputs (:meth:`score`).
+- ``needs`` says what a detector reads (``"logits"``, ``"taps"``); ``capabilities`` says how it
+  runs (:class:`Capabilities`, like scikit-learn's estimator tags): from the shared forward
+  pass (:meth:`score_outputs`), or with forward passes of its own on the raw inputs
+  (:meth:`score`) because it takes input gradients or is stochastic; and whether it trains a
+  network of its own (:meth:`network`). The bench runner and ``tests/test_common.py`` read it.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,18 +33,70 @@ from oodlab.data.imageset import ImageSet
 from oodlab.errors import NotFittedError, OodlabError
 from oodlab.features import Outputs
 from oodlab.io import atomic_write, atomic_write_text
+from oodlab.models.spec import build_from_spec, module_spec
+from oodlab.training.recipes import Network
+from oodlab.training.trainer import TrainConfig
 
 LOGITS_ONLY = frozenset({"logits"})
 TAPS = frozenset({"logits", "taps"})
-INPUT_GRAD = frozenset({"logits", "taps", "input_grad"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """How a detector runs, declared on its class (an instance may refine it from its parameters).
+
+    Attributes:
+        shared_pass: Scored from the shared forward pass (:meth:`Detector.score_outputs`, the
+            outputs cache). ``False``: it runs the model on the raw inputs itself.
+        input_gradient: Its own passes take gradients with respect to the input (ODIN).
+        stochastic: Its own passes are random (seeded; MC dropout): its scores must never be
+            served from, or written to, the deterministic outputs cache.
+        trains: It scores a network of its own making (:meth:`Detector.network`: fine-tuned,
+            an ensemble), which the bench runner trains or loads once per (suite, seed).
+    """
+
+    shared_pass: bool = True
+    input_gradient: bool = False
+    stochastic: bool = False
+    trains: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shared_pass and (self.input_gradient or self.stochastic):
+            raise ValueError(
+                "a detector with input gradients or stochastic passes runs its own forward passes"
+            )
+
+    @property
+    def own_forward(self) -> bool:
+        """Whether it runs the model itself on the raw inputs."""
+        return not self.shared_pass
+
+    def describe(self) -> str:
+        """``"shared pass"``, ``"own forward"``, ``"input gradient"`` or ``"stochastic"``, ``"+ trains"``."""
+        how = "input gradient" if self.input_gradient else "stochastic" if self.stochastic else None
+        how = how or ("shared pass" if self.shared_pass else "own forward")
+        return f"{how}, trains its network" if self.trains else how
+
+
+SHARED_PASS = Capabilities()
+OWN_FORWARD = Capabilities(shared_pass=False)
+INPUT_GRADIENT = Capabilities(shared_pass=False, input_gradient=True)
+STOCHASTIC = Capabilities(shared_pass=False, stochastic=True)
+
+
+def trains(caps: Capabilities) -> Capabilities:
+    """``caps`` for a method that scores a network of its own making."""
+    return replace(caps, trains=True)
 
 
 class Detector:
     """Base class: subclasses implement ``_fit`` and ``_score_outputs`` (or ``_score_inputs``)."""
 
     name: ClassVar[str] = "detector"
-    #: What the detector reads: ``"logits"``, ``"taps"``, ``"input_grad"``.
+    #: What the detector reads: ``"logits"``, ``"taps"``.
     needs: ClassVar[frozenset[str]] = LOGITS_ONLY
+    #: How it runs (shared pass, own forward, input gradient, stochastic, trains a network).
+    capabilities: ClassVar[Capabilities] = SHARED_PASS
     #: Whether ``fit`` tunes something on ``id_val``/``ood_val``.
     tunes: ClassVar[bool] = False
     #: Images per batch when the detector runs the model itself.
@@ -58,6 +114,19 @@ class Detector:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+    # -- the network it scores ---------------------------------------------------------------
+    def network(self, base: TrainConfig) -> Network:
+        """How the network this detector scores is made from a suite's ``base`` recipe.
+
+        Post-hoc detectors score the base network itself; methods that train (``capabilities.
+        trains``) return their fine-tuning step or ensemble members (:mod:`oodlab.training.recipes`).
+        """
+        return Network.single(base)
+
+    def check_network(self, base: TrainConfig) -> None:
+        """Raise :class:`OodlabError` if this detector cannot score the network ``base`` makes
+        (checked before a benchmark starts, so a bad combination writes nothing)."""
 
     # -- fitting --------------------------------------------------------------------------
     def required_taps(self, model: nn.Module) -> tuple[str, ...]:
@@ -149,7 +218,7 @@ class Detector:
             self.model_.check_input(x)
         elif x.ndim != 4:
             raise OodlabError(f"detector {self.name!r}: expected (N, C, H, W) images, got {tuple(x.shape)}")
-        if "input_grad" in self.needs:
+        if self.capabilities.own_forward:
             with features.channels_last(self.model_):
                 scores = [
                     self._score_inputs(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)
@@ -161,15 +230,18 @@ class Detector:
     def score_outputs(self, out: Outputs) -> Tensor:
         """Scores from a shared forward pass (detectors that need no input gradient)."""
         self._check_fitted()
-        if "input_grad" in self.needs:
-            raise OodlabError(f"detector {self.name!r} needs input gradients: call score(x) on the images")
+        if self.capabilities.own_forward:
+            raise OodlabError(
+                f"detector {self.name!r} runs the model itself ({self.capabilities.describe()}), not from "
+                "a shared forward pass: call score(x) on the images"
+            )
         with torch.no_grad():
             return self._finish(self._score_outputs(out), len(out))
 
     def score_set(self, images: ImageSet) -> Tensor:
         """Scores for a whole :class:`ImageSet`, through the shared outputs cache where possible."""
         self._check_fitted()
-        if "input_grad" in self.needs:
+        if self.capabilities.own_forward:
             return self.score(images.tensor())
         return self.score_outputs(features.outputs(self.model_, images, self.required_taps(self.model_)))
 
@@ -190,34 +262,59 @@ class Detector:
 
     # -- persistence ----------------------------------------------------------------------
     def _fitted_state(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_") and k != "model_"
-        }
+        state = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        # The network a post-hoc detector scores is the user's; one a method made is learned state.
+        if not self.capabilities.trains:
+            state.pop("model_", None)
+        return state
 
     def save(self, path: str | Path) -> None:
-        """Write ``path.json`` (name, hyperparameters, small state) and ``path.safetensors`` (arrays)."""
+        """Write ``path.json`` (name, hyperparameters, small state) and ``path.safetensors`` (arrays).
+
+        Learned modules (``nn.Module`` attributes, and the network of a method that trains) are
+        saved as their weights in the same safetensors file, under ``<attribute>/<name>``, with
+        the recipe to rebuild them (:func:`oodlab.models.spec.module_spec`) in the JSON.
+        """
         self._check_fitted()
         path = Path(path)
         tensors: dict[str, Tensor] = {}
         plain: dict[str, Any] = {}
+        modules: dict[str, Any] = {}
         for k, v in self._fitted_state().items():
-            if isinstance(v, Tensor | np.ndarray):
+            if isinstance(v, nn.Module):
+                modules[k] = module_spec(v)
+                for name, t in v.state_dict().items():
+                    tensors[f"{k}/{name}"] = t.detach().cpu().contiguous()
+            elif isinstance(v, Tensor | np.ndarray):
                 tensors[k] = torch.as_tensor(v).detach().cpu().contiguous()
             else:
                 plain[k] = v
-        meta = {"detector": self.name, "params": self.get_params(), "state": plain, "arrays": sorted(tensors)}
+        meta = {
+            "detector": self.name,
+            "params": self.get_params(),
+            "state": plain,
+            "arrays": sorted(k for k in tensors if "/" not in k),
+            "modules": modules,
+        }
         atomic_write(path.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
-def load_detector(path: str | Path, model: nn.Module) -> Detector:
-    """Load a detector written by :meth:`Detector.save`, bound to ``model``."""
+def load_detector(path: str | Path, model: nn.Module | None = None) -> Detector:
+    """Load a detector written by :meth:`Detector.save`.
+
+    Args:
+        path: The path given to ``save`` (``.json`` and ``.safetensors`` beside it).
+        model: The network to bind it to. A method that trains saved its own network and is
+            bound to that when ``model`` is ``None``; a post-hoc detector needs ``model``.
+    """
     from oodlab.detectors._registry import create_detector
 
     path = Path(path)
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
-        arrays = load_file(str(path.with_suffix(".safetensors"))) if meta["arrays"] else {}
+        modules = meta.get("modules", {})
+        arrays = load_file(str(path.with_suffix(".safetensors"))) if meta["arrays"] or modules else {}
     except (OSError, ValueError, KeyError) as e:
         raise OodlabError(f"cannot load detector from {path}: {e}") from None
     det = create_detector(meta["detector"], **meta["params"])
@@ -225,5 +322,20 @@ def load_detector(path: str | Path, model: nn.Module) -> Detector:
         setattr(det, k, v)
     for k in meta["arrays"]:
         setattr(det, k, arrays[k])
-    det.model_ = model
+    for k, spec in modules.items():
+        module = build_from_spec(spec)
+        prefix = f"{k}/"
+        try:
+            module.load_state_dict({n[len(prefix) :]: t for n, t in arrays.items() if n.startswith(prefix)})
+        except RuntimeError as e:
+            raise OodlabError(
+                f"cannot load detector from {path}: module {k}: {str(e).splitlines()[0]}"
+            ) from None
+        setattr(det, k, module.eval())
+    if model is not None:
+        det.model_ = model
+    elif not hasattr(det, "model_"):
+        raise OodlabError(
+            f"detector {det.name!r} from {path} scores a network you give: load_detector(path, model)"
+        )
     return det

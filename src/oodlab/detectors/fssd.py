@@ -29,7 +29,7 @@ from oodlab.data.imageset import ImageSet
 from oodlab.detectors._ensemble import ValidationEnsemble, check_taps, per_instance
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import tune_single_score
-from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
+from oodlab.detectors.base import INPUT_GRADIENT, SHARED_PASS, TAPS, Capabilities, Detector
 from oodlab.detectors.mahalanobis import eval_mode
 from oodlab.errors import OodlabError
 from oodlab.features import LOGITS, Outputs, ReducedTap, batches, model_device, model_fingerprint
@@ -138,9 +138,9 @@ def perturbed_distances(
     return torch.stack(cols, dim=1)
 
 
-def _needs(det: _FSSDBase) -> frozenset[str]:
-    """``taps`` when scored from the shared pass (no perturbation); else ``input_grad``."""
-    return TAPS if det._uses_shared_pass() else INPUT_GRAD
+def _capabilities(det: _FSSDBase) -> Capabilities:
+    """The shared pass without a perturbation; else input gradients."""
+    return SHARED_PASS if det._uses_shared_pass() else INPUT_GRADIENT
 
 
 class _FSSDBase(Detector):
@@ -158,7 +158,8 @@ class _FSSDBase(Detector):
         m = getattr(self, "perturbation_", self.perturbation)
         return m is not None and m == 0
 
-    needs = per_instance(TAPS)(_needs)  # type: ignore[assignment]
+    needs = TAPS
+    capabilities = per_instance(SHARED_PASS)(_capabilities)  # type: ignore[assignment]
 
     def required_taps(self, model: nn.Module) -> tuple[ReducedTap, ...]:
         """One :class:`~oodlab.features.ReducedTap` per tap: the distance to ``F*``, ``(N,)``."""
@@ -373,7 +374,7 @@ class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
     """
 
     tunes = True
-    needs = per_instance(INPUT_GRAD)(_needs)  # type: ignore[assignment]
+    capabilities = per_instance(INPUT_GRADIENT)(_capabilities)  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from oodlab.detectors._ensemble import (
 )
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import tune_single_score
-from oodlab.detectors.base import INPUT_GRAD, TAPS, Detector
+from oodlab.detectors.base import INPUT_GRADIENT, SHARED_PASS, TAPS, Capabilities, Detector
 from oodlab.errors import OodlabError
 from oodlab.features import Outputs, batches, model_device
 from oodlab.models.base import PENULTIMATE
@@ -160,11 +160,13 @@ class _MahalanobisBase(Detector):
     noise: float | None
     grid: list[float]
 
-    @per_instance(INPUT_GRAD)
-    def needs(self) -> frozenset[str]:  # type: ignore[override]
-        """``input_grad`` only while ε may be (or is) positive; with ε = 0 the shared pass suffices."""
+    needs = TAPS
+
+    @per_instance(INPUT_GRADIENT)
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """Input gradients only while ε may be (or is) positive; with ε = 0 the shared pass suffices."""
         noise = getattr(self, "noise_", self.noise)
-        return INPUT_GRAD if noise is None or noise > 0 else TAPS
+        return INPUT_GRADIENT if noise is None or noise > 0 else SHARED_PASS
 
     def _taps(self, model: nn.Module) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from oodlab.data.imageset import ImageSet
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import select_on_validation
-from oodlab.detectors.base import INPUT_GRAD, Detector
+from oodlab.detectors.base import INPUT_GRADIENT, Detector
 from oodlab.detectors.logits import TEMPERATURES, log_max_softmax
 from oodlab.errors import OodlabError
 from oodlab.features import model_device
@@ -101,7 +101,7 @@ class ODIN(Detector):
         >>> det.score(x)  # doctest: +SKIP
     """
 
-    needs = INPUT_GRAD
+    capabilities = INPUT_GRADIENT
     tunes = True
     quick_params = {"temperatures": [1, 1000], "noises": [0, 0.0014]}
 

@@ -27,10 +27,16 @@ def register_model(name: str) -> Callable[[Callable[..., TappedModel]], Callable
 
 
 def create_model(name: str, **kwargs: object) -> TappedModel:
-    """Build the registered model ``name`` with keyword arguments ``kwargs``."""
+    """Build the registered model ``name`` with keyword arguments ``kwargs``.
+
+    The model remembers how it was built (``model.oodlab_spec``), so that a saved detector can
+    rebuild a learned network from its weights (:mod:`oodlab.models.spec`).
+    """
     if name not in _MODELS:
         raise OodlabError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    model.oodlab_spec = {"model": name, "kwargs": dict(kwargs)}
+    return model
 
 
 def list_models(pattern: str | None = None) -> list[str]:

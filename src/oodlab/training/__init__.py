@@ -1,6 +1,59 @@
-"""Training: one seeded trainer, typed recipes, safe checkpoints reused by content hash."""
+"""Training: one seeded trainer, objectives, auxiliary outlier sets, recipes and safe checkpoints.
 
+- :mod:`~oodlab.training.objectives`: what the trainer minimises (``cross-entropy``,
+  ``outlier-exposure``, ``energy-margin``), a registry like the detectors'.
+- :mod:`~oodlab.training.aux`: auxiliary outlier sets made from ID training images or noise.
+- :mod:`~oodlab.training.recipes`: named recipes, fine-tuning steps, ensemble members and the
+  :class:`Network` a method scores with.
+- :mod:`~oodlab.training.trainer`: :class:`TrainConfig`, :func:`train`, :func:`fit_or_load`.
+"""
+
+from oodlab.training.aux import build_aux, check_aux, list_aux, register_aux
 from oodlab.training.checkpoint import load_checkpoint, save_checkpoint
+from oodlab.training.objectives import (
+    Objective,
+    create_objective,
+    get_objective_class,
+    list_objectives,
+    register_objective,
+)
 from oodlab.training.trainer import TrainConfig, build_model, fit_or_load, train
 
-__all__ = ["TrainConfig", "build_model", "fit_or_load", "load_checkpoint", "save_checkpoint", "train"]
+from oodlab.training.recipes import (  # isort: skip  (recipes import the trainer)
+    DEFAULT_RECIPE,
+    RECIPES,
+    Network,
+    Recipe,
+    ensemble_members,
+    finetune,
+    get_recipe,
+    make_network,
+    with_recipe,
+)
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPES",
+    "Network",
+    "Objective",
+    "Recipe",
+    "TrainConfig",
+    "build_aux",
+    "build_model",
+    "check_aux",
+    "create_objective",
+    "ensemble_members",
+    "finetune",
+    "fit_or_load",
+    "get_objective_class",
+    "get_recipe",
+    "list_aux",
+    "list_objectives",
+    "load_checkpoint",
+    "make_network",
+    "register_aux",
+    "register_objective",
+    "save_checkpoint",
+    "train",
+    "with_recipe",
+]

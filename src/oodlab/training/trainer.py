@@ -1,4 +1,13 @@
-"""One trainer for every oodlab model: a typed recipe, seeded, with a progress bar and a cache."""
+"""One trainer for every oodlab model: a typed recipe, seeded, with a progress bar and a cache.
+
+A :class:`TrainConfig` names everything that makes a network: the model, the optimiser and
+schedule, the training objective with its parameters (:mod:`oodlab.training.objectives`), the
+auxiliary outlier set the objective trains on (:mod:`oodlab.training.aux`), and, for a
+fine-tuning step, the configuration of the base network it starts from (``init_from``). The
+checkpoint cache is keyed by a hash of the configuration, the training data's content and the
+auxiliary set's content, so a fine-tuning step loads (or trains) its base network from the same
+cache and is itself cached like any training.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from oodlab.data.imageset import ImageSet
 from oodlab.data.sources import cache_dir
 from oodlab.errors import OodlabError
 from oodlab.models import TappedModel, create_model
+from oodlab.training.aux import build_aux, check_aux, check_aux_set
 from oodlab.training.checkpoint import load_checkpoint, save_checkpoint
+from oodlab.training.objectives import create_objective
 
 #: Bump when a change to the training code changes the weights a recipe produces.
 TRAINER_VERSION = 1
@@ -44,6 +54,16 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 64
     seed: int = 0
+    #: Training objective (``oodlab.training.list_objectives()``) and its parameters.
+    objective: str = "cross-entropy"
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    #: Auxiliary outlier set (``oodlab list aux``) for objectives that use one, and its size.
+    aux: str | None = None
+    n_aux: int = 20_000
+    #: Auxiliary images per step (``None``: as many as ``batch_size``).
+    aux_batch_size: int | None = None
+    #: Fine-tuning: the recipe of the base network whose weights training starts from.
+    init_from: TrainConfig | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -52,6 +72,29 @@ class TrainConfig:
             raise OodlabError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise OodlabError("epochs and batch_size must be at least 1")
+        if isinstance(self.init_from, dict):
+            object.__setattr__(self, "init_from", TrainConfig.from_dict(self.init_from))
+        uses_aux = self.make_objective().uses_aux
+        if uses_aux and self.aux is None:
+            raise OodlabError(f"objective {self.objective!r} trains on auxiliary outliers: name a set (aux)")
+        if not uses_aux and self.aux is not None:
+            raise OodlabError(
+                f"objective {self.objective!r} uses no auxiliary outliers, but aux={self.aux!r}"
+            )
+        if self.aux is not None:
+            check_aux(self.aux)
+        if isinstance(self.n_aux, bool) or not isinstance(self.n_aux, int) or self.n_aux < 1:
+            raise OodlabError(f"n_aux must be a positive integer, got {self.n_aux!r}")
+        if self.aux_batch_size is not None and self.aux_batch_size < 1:
+            raise OodlabError(f"aux_batch_size must be at least 1, got {self.aux_batch_size}")
+        if self.init_from is not None and (
+            self.init_from.model != self.model or self.init_from.model_kwargs != self.model_kwargs
+        ):
+            raise OodlabError("init_from must name the same model and model_kwargs as the recipe it starts")
+
+    def make_objective(self) -> Any:
+        """A fresh :class:`~oodlab.training.objectives.Objective` of this recipe."""
+        return create_objective(self.objective, **self.objective_params)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,12 +103,37 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**d)
 
-    def key(self, data_fingerprint: str) -> str:
-        """Cache key: this recipe + the training data's content + the trainer version."""
-        blob = json.dumps(
-            {"cfg": self.to_dict(), "data": data_fingerprint, "v": TRAINER_VERSION}, sort_keys=True
-        )
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields left at their defaults that plain training lacked.
+
+        Checkpoints of plain cross-entropy recipes made before objectives existed keep their keys.
+        """
+        d = self.to_dict()
+        for f in _LATER_FIELDS:
+            if getattr(self, f.name) == _default(f):
+                d.pop(f.name)
+        if self.init_from is not None:
+            d["init_from"] = self.init_from.identity()
+        return d
+
+    def key(self, data_fingerprint: str, aux_fingerprint: str | None = None) -> str:
+        """Cache key: this recipe + the training (and auxiliary) data's content + the trainer version."""
+        ident: dict[str, Any] = {"cfg": self.identity(), "data": data_fingerprint, "v": TRAINER_VERSION}
+        if aux_fingerprint is not None:
+            ident["aux"] = aux_fingerprint
+        blob = json.dumps(ident, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+_LATER_FIELDS = [
+    f
+    for f in dataclasses.fields(TrainConfig)
+    if f.name in ("objective", "objective_params", "aux", "n_aux", "aux_batch_size", "init_from")
+]
 
 
 def build_model(cfg: TrainConfig, num_classes: int, shape: tuple[int, int, int]) -> TappedModel:
@@ -95,24 +163,53 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def train(cfg: TrainConfig, data: ImageSet, *, progress: bool = True) -> tuple[TappedModel, dict[str, Any]]:
-    """Train a classifier on ``data`` with cross-entropy following ``cfg``.
+def train(
+    cfg: TrainConfig,
+    data: ImageSet,
+    *,
+    aux: ImageSet | None = None,
+    init: TappedModel | None = None,
+    progress: bool = True,
+) -> tuple[TappedModel, dict[str, Any]]:
+    """Train a classifier on ``data`` with ``cfg``'s objective.
 
     Deterministic for a given ``cfg.seed`` on a given machine: the seed fixes initialisation,
-    batch order and dropout.
+    batch order, the auxiliary batches and dropout.
+
+    Args:
+        cfg: The recipe.
+        data: Labelled ID training images.
+        aux: Auxiliary outliers, for objectives that use them: each step draws
+            ``cfg.aux_batch_size`` of them (with replacement) beside the ID batch.
+        init: Start from a copy of this network's weights (fine-tuning); it is not modified.
+        progress: Show a progress bar.
 
     Returns:
         The model in eval mode, and a dict of training statistics.
     """
     if data.y is None or len(data) == 0:
         raise OodlabError(f"cannot train on {data.name!r}: it needs labelled images")
+    objective = cfg.make_objective()
+    if objective.uses_aux:
+        if aux is None:
+            raise OodlabError(f"objective {cfg.objective!r} needs auxiliary outliers (aux)")
+        check_aux_set(aux, data.shape)
     num_classes = int(data.y.max()) + 1
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes, data.shape)
+    if init is not None:
+        model.load_state_dict(init.state_dict(), strict=True)
+    x_all, y_all = data.tensor(), data.labels()
+    x_aux = aux.tensor() if objective.uses_aux and aux is not None else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # A generator of its own, so the ID batches are those plain training would draw.
+    gen_aux = torch.Generator().manual_seed(cfg.seed + 1)
+    aux_batch = cfg.aux_batch_size or cfg.batch_size
+    model.eval()
+    probe = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + 2))[:5000]
+    settled = objective.prepare(model, x_all[probe], None if x_aux is None else x_aux[:5000])
     opt = _optimizer(cfg, model.parameters())
     base_lrs = [g["lr"] for g in opt.param_groups]
-    x_all, y_all = data.tensor(), data.labels()
-    gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     step, t0, losses = 0, time.perf_counter(), []
     # channels-last convolutions train about twice as fast on CPU (oneDNN); eval stays contiguous.
@@ -122,7 +219,7 @@ def train(cfg: TrainConfig, data: ImageSet, *, progress: bool = True) -> tuple[T
         order = torch.randperm(len(data), generator=gen)
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"train {cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"train {cfg.model} ({cfg.objective}) epoch {epoch + 1}/{cfg.epochs}",
             disable=not progress,
             leave=False,
             unit="batch",
@@ -133,7 +230,11 @@ def train(cfg: TrainConfig, data: ImageSet, *, progress: bool = True) -> tuple[T
             for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = lr * _lr_factor(cfg, step, steps_per_epoch)
             xb = x_all[idx].contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), y_all[idx])
+            ab = None
+            if x_aux is not None:
+                pick = torch.randint(len(x_aux), (aux_batch,), generator=gen_aux)
+                ab = x_aux[pick].contiguous(memory_format=torch.channels_last)
+            loss = objective.loss(model, xb, y_all[idx], ab)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,6 +250,7 @@ def train(cfg: TrainConfig, data: ImageSet, *, progress: bool = True) -> tuple[T
         "epoch_losses": losses,
         "train_seconds": round(time.perf_counter() - t0, 2),
         "num_classes": num_classes,
+        "objective": {"name": cfg.objective, "params": objective.get_params(), "settled": settled},
     }
     return model, stats
 
@@ -157,17 +259,29 @@ def fit_or_load(
     cfg: TrainConfig,
     data: ImageSet,
     *,
+    aux: ImageSet | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[TappedModel, dict[str, Any]]:
     """Load the cached checkpoint for (``cfg``, ``data``) if there is one, else train and cache it.
+
+    A fine-tuning recipe (``cfg.init_from``) first loads or trains its base network the same
+    way. The auxiliary outliers are ``aux`` if given, else ``cfg.n_aux`` images of the named
+    set ``cfg.aux`` built from ``data`` for ``cfg.seed``; their content hash is part of the key.
 
     Returns:
         The model in eval mode and the checkpoint's metadata (recipe, data hash, statistics,
         ``"cached": True`` when it was loaded).
     """
     directory = checkpoint_dir or (cache_dir() / "models")
-    key = cfg.key(data.fingerprint)
+    if cfg.make_objective().uses_aux:
+        if aux is None:
+            assert cfg.aux is not None  # TrainConfig checks it
+            aux = build_aux(cfg.aux, data, cfg.n_aux, cfg.seed)
+        check_aux_set(aux, data.shape)
+    else:
+        aux = None
+    key = cfg.key(data.fingerprint, None if aux is None else aux.fingerprint)
     path = directory / f"{cfg.model}-{key}.safetensors"
     if path.exists():
         meta = load_checkpoint_meta(path)
@@ -175,13 +289,21 @@ def fit_or_load(
         load_checkpoint(model, path)
         model.eval()
         return model, {**meta, "cached": True, "path": str(path)}
-    model, stats = train(cfg, data, progress=progress)
-    meta = {
+    base = None
+    base_meta: dict[str, Any] | None = None
+    if cfg.init_from is not None:
+        base, base_meta = fit_or_load(cfg.init_from, data, checkpoint_dir=directory, progress=progress)
+    model, stats = train(cfg, data, aux=aux, init=base, progress=progress)
+    meta: dict[str, Any] = {
         "config": cfg.to_dict(),
         "data": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data)},
         "stats": stats,
         "trainer_version": TRAINER_VERSION,
     }
+    if aux is not None:
+        meta["aux"] = {"name": aux.name, "fingerprint": aux.fingerprint, "n": len(aux)}
+    if base_meta is not None:
+        meta["init_from"] = {"path": base_meta["path"], "train_seconds": base_meta["stats"]["train_seconds"]}
     save_checkpoint(model, path, meta)
     return model, {**meta, "cached": False, "path": str(path)}
 
