@@ -24,17 +24,23 @@ def dropout_layers(model: nn.Module) -> list[nn.Dropout]:
 
 
 @contextmanager
-def fixed_masks(layers: list[nn.Dropout], masks: dict[int, Tensor], p: float | None) -> Iterator[None]:
-    """Apply dropout with the masks in ``masks`` (by layer index; drawn when first needed).
+def fixed_masks(
+    layers: list[nn.Dropout], masks: dict[tuple[int, int], Tensor] | _LazyMasks, p: float | None
+) -> Iterator[None]:
+    """Apply dropout with the masks in ``masks``, keyed by (layer index, call) within one pass.
 
-    The model stays in eval mode (BatchNorm and the like keep their running statistics); a
-    forward hook multiplies each dropout layer's output by ``mask / (1 − p)``. A mask has the
-    shape of one input (no batch dimension) and is broadcast over the batch.
+    A dropout module applied several times in one pass (an MLP may share one) gets a mask per
+    call. The model stays in eval mode (BatchNorm and the like keep their running statistics);
+    a forward hook multiplies each dropout output by ``mask / (1 − p)``. A mask has the shape
+    of one input (no batch dimension) and is broadcast over the batch.
     """
+    calls = [0] * len(layers)
 
     def hook(i: int, layer: nn.Dropout) -> Any:
         def apply(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            mask = masks.get_mask(i, output.shape[1:]) if isinstance(masks, _LazyMasks) else masks[i]
+            key = (i, calls[i])
+            calls[i] += 1
+            mask = masks.get_mask(key, output.shape[1:]) if isinstance(masks, _LazyMasks) else masks[key]
             rate = layer.p if p is None else p
             return output * (mask.to(output.device, output.dtype) / (1.0 - rate))
 
@@ -49,17 +55,16 @@ def fixed_masks(layers: list[nn.Dropout], masks: dict[int, Tensor], p: float | N
 
 
 class _LazyMasks(dict):
-    """The masks of one pass, drawn per layer when the layer first needs one (its shape is known then)."""
+    """The masks of one pass, drawn per (layer, call) when first needed (their shape is known then)."""
 
     def __init__(self, det: MCDropout, t: int, layers: list[nn.Dropout]) -> None:
         super().__init__()
         self.det, self.t, self.layers = det, t, layers
-        self.shapes: dict[int, torch.Size] = {}
 
-    def get_mask(self, i: int, shape: torch.Size) -> Tensor:
-        if i not in self:
-            self[i] = self.det._mask(i, self.t, shape, self.layers[i].p)
-        return self[i]
+    def get_mask(self, key: tuple[int, int], shape: torch.Size) -> Tensor:
+        if key not in self:
+            self[key] = self.det._mask(key, self.t, shape, self.layers[key[0]].p)
+        return self[key]
 
 
 class _DeterministicPrefix:
@@ -205,9 +210,10 @@ class MCDropout(Detector):
             model.train(was_training)
         return log_max_softmax(torch.log(probs / self.passes))
 
-    def _mask(self, layer: int, t: int, shape: torch.Size, rate: float) -> Tensor:
-        """The Bernoulli keep-mask of pass ``t`` at dropout layer ``layer``: a function of the seed only."""
-        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + layer * 10_007 + t)
+    def _mask(self, key: tuple[int, int], t: int, shape: torch.Size, rate: float) -> Tensor:
+        """The Bernoulli keep-mask of pass ``t`` at (dropout layer, call) ``key``: a function of the seed only."""
+        layer, call = key
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + layer * 10_007 + call * 100_003 + t)
         keep = 1.0 - (rate if self.p is None else self.p)
         return torch.bernoulli(torch.full(tuple(shape), keep), generator=gen)
 
