@@ -211,7 +211,7 @@ class MCDropout(Detector):
         return log_max_softmax(torch.log(probs / self.passes))
 
     def _mask(self, key: tuple[int, int], t: int, shape: torch.Size, rate: float) -> Tensor:
-        """The Bernoulli keep-mask of pass ``t`` at (dropout layer, call) ``key``: a function of the seed only."""
+        """The Bernoulli keep-mask of pass ``t`` at (layer, call) ``key``; depends on the seed only."""
         layer, call = key
         gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + layer * 10_007 + call * 100_003 + t)
         keep = 1.0 - (rate if self.p is None else self.p)
