@@ -201,11 +201,21 @@ def environment() -> dict[str, Any]:
 
 
 def resolve_detectors(spec: str | None) -> list[str]:
-    """``None``/``"default"`` → the default set; ``"all"`` → every registered; else a comma list."""
+    """``None``/``"default"`` → the default set; ``"all"`` → every post-hoc detector; else a comma list.
+
+    ``"all"`` leaves out the methods that train their network or sample (``deep-ensemble`` alone
+    trains five networks, ``mc-dropout`` needs a network with dropout): name those explicitly.
+    """
     if spec is None or spec == "default":
         return list(DEFAULT_DETECTORS)
     if spec == "all":
-        return list_detectors()
+        return [
+            n
+            for n in list_detectors()
+            if not (
+                get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic
+            )
+        ]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise OodlabError("--detectors is empty; name at least one detector, 'default' or 'all'")
