@@ -4,7 +4,7 @@
   the first half of the validation sets, hyperparameter on the second half" that both
   ``mahalanobis-ensemble`` and ``fssd-ensemble`` use (the reference codes' 500 / 500 split).
 - :func:`combine`: the fitted linear combination, as a score.
-- :class:`per_instance`: a class attribute (``needs``, ``tunes``) that an instance may refine
+- :class:`per_instance`: a class attribute (``capabilities``, ``tunes``) that an instance may refine
   from its own hyperparameters and fitted state.
 - :func:`check_taps`, :func:`sign_step`: tap validation and the gradient-sign convention.
 """
@@ -32,7 +32,7 @@ class per_instance(Generic[V]):  # noqa: N801 - used like ``property``
 
     Read on the class it is the class-wide ``default`` (so ``get_detector_class(name).tunes``
     keeps working); read on an instance it reflects that instance's hyperparameters and fitted
-    state (so ``det.needs`` says exactly what ``det.score`` will do).
+    state (so ``det.capabilities`` says exactly how ``det.score`` will run).
     """
 
     def __init__(self, default: V) -> None:

@@ -19,7 +19,7 @@ from oodlab.training.trainer import TrainConfig
 
 @register_detector("deep-ensemble")
 class DeepEnsemble(MSP):
-    """Deep ensemble (trains its network): MSP of the mean softmax of ``members`` networks.
+    """Deep ensemble: MSP of the mean softmax of ``members`` networks.
 
     ``score(x) = log max_i (1/M) Σ_m softmax(f_m(x))_i`` over ``M = members`` (default 5)
     copies of the suite's base recipe that differ only in their seed (member 0 is the base

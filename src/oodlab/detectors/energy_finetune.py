@@ -13,7 +13,7 @@ from oodlab.training.aux import DEFAULT_AUX
 
 @register_detector("energy-finetune")
 class EnergyFinetune(FinetuneMethod, Energy):
-    """Energy fine-tuning (trains its network): the energy score of a network fine-tuned with energy margins.
+    """Energy fine-tuning: the energy score of a network fine-tuned with energy margins.
 
     The network is the suite's base network fine-tuned on
     ``CE + λ [ max(0, E_in − m_in)² + max(0, m_out − E_out)² ]`` with ``E = −logsumexp f``,

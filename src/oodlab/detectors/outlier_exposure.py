@@ -13,7 +13,7 @@ from oodlab.training.aux import DEFAULT_AUX
 
 @register_detector("outlier-exposure")
 class OutlierExposureMethod(FinetuneMethod, MSP):
-    """Outlier exposure (trains its network): MSP of a network fine-tuned with outlier exposure.
+    """Outlier exposure: MSP of a network fine-tuned with outlier exposure.
 
     The network is the suite's base network fine-tuned (``epochs`` of SGD, Nesterov, cosine
     from ``lr``) on ``CE(ID) + λ · mean_aux(−(1/K) Σ_i log S_i(x_aux))`` with λ = ``lam`` = 0.5,

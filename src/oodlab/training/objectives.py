@@ -4,8 +4,9 @@ An objective is a small class registered by name (``@register_objective("name")`
 ``create_objective(name, **params)``. ``__init__`` validates and stores the parameters (a bad
 value is an :class:`~oodlab.errors.OodlabError` naming the parameter); :meth:`Objective.loss`
 maps one training batch (ID images, their labels, and a batch of auxiliary outliers when the
-objective uses them) to a scalar loss. A new objective is one class in a module of this
-package, imported below.
+objective uses them) to a scalar loss. A new objective is one registered class, here or in a
+module that :mod:`oodlab.training` imports; ``TrainConfig(objective=name, objective_params=...)``
+then trains with it and ``oodlab list objectives`` shows it.
 
 Losses are written with ``E(x) = −logsumexp f(x)`` (the energy) and ``log S(x)`` the
 log-softmax of the logits ``f(x)`` over the K classes.
