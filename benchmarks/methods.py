@@ -4,7 +4,7 @@ Runs ``oodlab bench`` once per (suite, seed), blind protocol, with the post-hoc 
 (``msp``, ``energy``) and the methods (``outlier-exposure``, ``energy-finetune``,
 ``deep-ensemble``, ``mc-dropout``), each run in its own resumable folder; every network is
 trained once per (suite, seed) and cached (``$OODLAB_CACHE/models``). Then it measures scoring
-throughput (seconds to score 2,000 ID test images, relative to one plain forward pass of the
+throughput (seconds to score 2,000 ID test images by default, relative to one plain forward pass of the
 base network, interleaved in one process, median of 3) and writes mean ± std tables over seeds:
 AUROC and FPR@95 on the real-image OOD set, ID test accuracy of each method's network, its
 training wall time and its scoring cost. From the repository root:
@@ -12,6 +12,7 @@ training wall time and its scoring cost. From the repository root:
     .venv/bin/python benchmarks/methods.py                          # both suites, seeds 0,1,2
     .venv/bin/python benchmarks/methods.py --suites fmnist-vs-mnist --seeds 0
     .venv/bin/python benchmarks/methods.py --aggregate-only          # re-tabulate saved runs
+    .venv/bin/python benchmarks/methods.py --cost-untrained          # scoring cost only (no training)
 
 Output: ``benchmarks/results/methods.md`` and ``methods.json``; the runs' ``results.json``,
 ``results.md`` and ``models.json`` under ``benchmarks/results/methods/``.
@@ -76,28 +77,39 @@ def run(root: Path, suite: str, seed: int, detectors: str) -> float:
 
 
 def throughput(
-    suite: str, seed: int, detectors: list[str], n: int = 2000, repeats: int = 3
+    suite: str, seed: int, detectors: list[str], n: int = 2000, repeats: int = 3, untrained: bool = False
 ) -> dict[str, float]:
-    """Seconds to score ``n`` ID test images per detector, divided by one forward pass of the base network."""
+    """Seconds to score ``n`` ID test images per detector, divided by one forward pass of the base network.
+
+    With ``untrained``, every network is built from its recipes at initialisation instead of
+    loaded from the checkpoint cache: the cost of a forward pass does not depend on the weights.
+    """
     import torch
 
     from oodlab.bench import build_suite, get_suite
     from oodlab.detectors import create_detector
     from oodlab.features import extract
-    from oodlab.training import make_network
+    from oodlab.models.ensemble import EnsembleModel
+    from oodlab.training import build_model, make_network
 
     torch.manual_seed(0)
     data = build_suite(get_suite(suite), seed)
     recipe = dataclasses.replace(get_suite(suite).train, seed=seed)
+    num_classes = int(data.id_train.y.max()) + 1
     x = data.id_test.tensor(0, n)
-    fitted = {}
-    for name in detectors:
-        det = create_detector(name)
-        model, meta = make_network(det.network(recipe), data.id_train, progress=False)
+
+    def network(det: Any) -> Any:
+        net = det.network(recipe)
+        if untrained:
+            models = [build_model(cfg, num_classes, data.shape).eval() for cfg in net.members]
+            return models[0] if len(models) == 1 else EnsembleModel(models).eval()
+        model, meta = make_network(net, data.id_train, progress=False)
         if not meta["cached"]:
-            raise SystemExit(f"{name}: its network was not in the cache; run the benchmark first")
-        fitted[name] = det.fit(model, data.id_train)
-    base, _ = make_network(create_detector("msp").network(recipe), data.id_train, progress=False)
+            raise SystemExit(f"{det.name}: its network was not in the cache; run the benchmark first")
+        return model
+
+    fitted = {name: (det := create_detector(name)).fit(network(det), data.id_train) for name in detectors}
+    base = network(create_detector("msp"))
     times: dict[str, list[float]] = defaultdict(list)
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -108,10 +120,8 @@ def throughput(
             det.score(x)
             times[name].append(time.perf_counter() - t0)
     forward = statistics.median(times["forward"])
-    return {
-        "forward_seconds": forward,
-        **{k: statistics.median(v) / forward for k, v in times.items() if k != "forward"},
-    }
+    ratios = {k: statistics.median(v) / forward for k, v in times.items() if k != "forward"}
+    return {"forward_seconds": forward, "images": n, **ratios}
 
 
 def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -244,19 +254,30 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/methods.md"))
     ap.add_argument("--aggregate-only", action="store_true", help="tabulate the saved runs")
     ap.add_argument("--no-throughput", action="store_true", help="skip the scoring-cost measurement")
+    ap.add_argument(
+        "--cost-untrained",
+        action="store_true",
+        help="measure scoring cost only, on networks at initialisation (cost does not depend on weights)",
+    )
+    ap.add_argument(
+        "--cost-images", type=int, default=2000, help="ID test images scored per cost measurement"
+    )
     args = ap.parse_args()
     suites = [s for s in args.suites.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if not args.aggregate_only:
+    if not args.aggregate_only and not args.cost_untrained:
         for seed in seeds:
             for suite in suites:
                 run(args.root, suite, seed, args.detectors)
     speed_path = args.out.with_suffix(".speed.json")
     speed: dict[str, dict[str, float]] = json.loads(speed_path.read_text()) if speed_path.exists() else {}
-    if not args.no_throughput and not args.aggregate_only:
+    if args.cost_untrained or (not args.no_throughput and not args.aggregate_only):
         for suite in suites:
             done = [d for d in args.detectors.split(",") if d]
-            speed[suite] = throughput(suite, seeds[0], done)
+            speed[suite] = throughput(
+                suite, seeds[0], done, n=args.cost_images, untrained=args.cost_untrained
+            )
+            speed[suite]["networks"] = "at initialisation" if args.cost_untrained else "trained"
             print(suite, speed[suite], flush=True)
         speed_path.write_text(json.dumps(speed, indent=1))
     rows = collect(args.root, suites, seeds)
