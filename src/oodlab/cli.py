@@ -87,7 +87,9 @@ def cli() -> None:
     default="default",
     show_default=True,
     metavar="A,B|default|all",
-    help="Comma-separated detector names, 'default' (the logit detectors) or 'all'.",
+    help="Comma-separated detector and method names, 'default' (the logit detectors) or 'all' (every "
+    "post-hoc detector). Methods that train their network (outlier-exposure, energy-finetune, "
+    "deep-ensemble) or sample (mc-dropout) are named explicitly; see `oodlab list detectors`.",
 )
 @click.option(
     "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
