@@ -101,7 +101,7 @@ def throughput(
     def network(det: Any) -> Any:
         net = det.network(recipe)
         if untrained:
-            models = [build_model(cfg, num_classes, data.shape).eval() for cfg in net.members]
+            models = [build_model(cfg, num_classes, data.id_train.shape).eval() for cfg in net.members]
             return models[0] if len(models) == 1 else EnsembleModel(models).eval()
         model, meta = make_network(net, data.id_train, progress=False)
         if not meta["cached"]:
