@@ -331,6 +331,14 @@ def main() -> None:
     ap.add_argument(
         "--cost-images", type=int, default=2000, help="ID test images scored per cost measurement"
     )
+    ap.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score N ID and N OOD test images per (suite, seed) with the networks already cached "
+        "(writes <root>/subset-<suite>-seed<k>.json) instead of running the benchmark",
+    )
     args = ap.parse_args()
     suites = [s for s in args.suites.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
