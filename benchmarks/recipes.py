@@ -28,6 +28,8 @@ import numpy as np
 from quality import MAIN_OOD, SUITES, mean_std
 from tabulate import tabulate
 
+from oodlab.io import atomic_write_text
+
 #: The issue's blind-protocol targets: (min AUROC, max FPR@95 or None), in %.
 TARGETS = {"fmnist-vs-mnist": (99.9, None), "mnist-holdout0": (99.85, 0.2)}
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs.split(","))}
     text = summarise(runs)
-    args.out.write_text(text)
+    atomic_write_text(args.out, text)
     print(text)
 
 

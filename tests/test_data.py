@@ -431,7 +431,11 @@ def test_synthetic_ood_validation():
     a = synthetic_ood_validation(ds, 23, seed=1)
     b = synthetic_ood_validation(ds, 23, seed=1)
     c = synthetic_ood_validation(ds, 23, seed=2)
-    assert a.name == "synthetic-val" and a.y is None
+    assert a.name == "synthetic-val"
+    # labelled with the transform that made each image, in equal shares (23 = 6 × 3 + 5)
+    assert sorted(np.bincount(a.y)) == [3, 4, 4, 4, 4, 4] and len(np.unique(a.y)) == len(
+        OOD_VALIDATION_TRANSFORMS
+    )
     assert a.x.shape == (23, 1, 28, 28) and a.x.dtype == np.float32
     assert np.array_equal(a.x, b.x) and not np.array_equal(a.x, c.x)
     assert a.x.min() >= 0 and a.x.max() <= 1
@@ -450,7 +454,7 @@ def test_ood_validation_transforms():
     x = rng.random((6, 1, 28, 28), dtype=np.float32)
     y = np.array([0, 0, 0, 1, 1, 2])
     t = OOD_VALIDATION_TRANSFORMS
-    assert set(t) == {"pixel_permute", "patch_shuffle", "flip_invert", "box_blur", "mixture"}
+    assert set(t) == {"pixel_permute", "patch_shuffle", "flip_invert", "box_blur", "mixture", "chimera"}
     perm = t["pixel_permute"](x, y, rng)
     np.testing.assert_array_equal(np.sort(perm.reshape(6, -1)), np.sort(x.reshape(6, -1)))
     patches = t["patch_shuffle"](x, y, rng)
@@ -463,6 +467,18 @@ def test_ood_validation_transforms():
     for m in mixed:  # each is the mean of two images of different labels
         pairs = [(i, j) for i in range(6) for j in range(6) if np.allclose(m, (x[i] + x[j]) / 2)]
         assert pairs and all(y[i] != y[j] for i, j in pairs)
+    chimeras = t["chimera"](x, y, rng)
+    for k, c in enumerate(chimeras):  # one half its own, the other half from an image of another class
+        top, left = np.array_equal(c[:, :14], x[k, :, :14]), np.array_equal(c[:, :, :14], x[k, :, :, :14])
+        assert top or left
+        rest = c[:, 14:] if top and not left else c[:, :, 14:]
+        part = (
+            (slice(None), slice(14, None))
+            if top and not left
+            else (slice(None), slice(None), slice(14, None))
+        )
+        donors = [j for j in range(6) if np.array_equal(rest, x[j][part])]
+        assert donors and all(y[j] != y[k] for j in donors)
 
 
 # --------------------------------------------------------------------------------------------- splits

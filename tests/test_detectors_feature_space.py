@@ -10,8 +10,15 @@ from torch import Tensor, nn
 
 from oodlab import OodlabError
 from oodlab.data import ImageSet
+from oodlab.data.synthetic import OOD_VALIDATION_TRANSFORMS
 from oodlab.detectors import create_detector
-from oodlab.detectors._ensemble import combine, fit_on_validation_halves
+from oodlab.detectors._ensemble import (
+    combine,
+    fit_combiner,
+    fit_nonnegative,
+    fit_on_validation_halves,
+    fit_validated,
+)
 from oodlab.detectors.base import INPUT_GRADIENT, SHARED_PASS, TAPS
 from oodlab.detectors.fssd import fss_distance, noise_images
 from oodlab.detectors.mahalanobis import class_gaussians, mahalanobis_score, precision_of, sq_distances
@@ -302,3 +309,83 @@ def test_fssd_ensemble_weights_and_auroc(tiny_setup: dict) -> None:
         for d in (create_detector("fssd", tap=t).fit(s["model"], s["id_train"]) for t in ens.taps_)
     ]
     assert auroc(ens.score(id_x), ens.score(ood_x)) >= min(singles)
+
+
+# -- validated combination (the ensembles' default) --------------------------------------------
+
+
+def _val_sets(n_id: int, kinds: np.ndarray) -> tuple[ImageSet, ImageSet]:
+    ids = ImageSet("i", np.zeros((n_id, 1, 2, 2), np.float32))
+    oods = ImageSet("o", np.zeros((len(kinds), 1, 2, 2), np.float32), kinds)
+    return ids, oods
+
+
+def test_validated_combination_judges_on_near_ood_kinds() -> None:
+    """Member "a" separates the low-level kind (shuffled pixels) perfectly and misses the near-OOD
+    kind (chimeras); "b" separates chimeras fairly well. Judged on all images "a" looks better
+    (the low-level kind is most of the set); judged on the near-OOD kinds, "b" or a combination
+    keeping its weight is chosen."""
+    rng = np.random.default_rng(0)
+    n = 400
+    permute, chimera = (
+        list(OOD_VALIDATION_TRANSFORMS).index("pixel_permute"),
+        list(OOD_VALIDATION_TRANSFORMS).index("chimera"),
+    )
+    kinds = np.r_[np.full(300, permute), np.full(100, chimera)]
+    rng.shuffle(kinds)
+    s_id = torch.from_numpy(np.c_[rng.normal(0, 1, n), rng.normal(2, 1, n)])
+    a_ood = np.where(kinds == permute, rng.normal(-8, 1, len(kinds)), rng.normal(0, 1, len(kinds)))
+    b_ood = rng.normal(0, 1, len(kinds))
+    s_ood = torch.from_numpy(np.c_[a_ood, b_ood])
+    ids, oods = _val_sets(n, kinds)
+    best, how, comb, rows = fit_validated("x", ["a", "b"], ids, oods, [0.0], lambda _: (s_id, s_ood))
+    assert best == 0.0 and how != "member:a"
+    by_name = {r["combination"]: r for r in rows}
+    assert set(by_name) == {"member:a", "member:b", "mean", "logistic", "nonnegative"}
+    assert by_name[how]["worst_auroc"] == max(r["worst_auroc"] for r in rows)
+    assert by_name["member:a"]["worst_auroc"] < 0.7 < by_name["member:b"]["worst_auroc"]
+    # without kind labels (e.g. real OOD validation images) all images count
+    _, how_plain, _, _ = fit_validated(
+        "x", ["a", "b"], ids, ImageSet("o", oods.x), [0.0], lambda _: (s_id, s_ood)
+    )
+    assert how_plain != "member:b"
+
+
+def test_validated_combination_never_below_its_best_member_on_held_out_halves() -> None:
+    rng = np.random.default_rng(1)
+    n = 300
+    kinds = np.arange(n) % 3
+    s_id = torch.from_numpy(rng.normal(0, 1, (n, 3)))
+    s_ood = torch.from_numpy(rng.normal(0, 1, (n, 3)) - np.array([0.2, 1.5, 0.5]))
+    ids, oods = _val_sets(n, kinds)
+    _, _, _, rows = fit_validated("x", ["p", "q", "r"], ids, oods, [0.0], lambda _: (s_id, s_ood))
+    members = max(r["worst_auroc"] for r in rows if r["combination"].startswith("member:"))
+    assert max(r["worst_auroc"] for r in rows) >= members
+
+
+def test_nonnegative_weights() -> None:
+    rng = np.random.default_rng(2)
+    s_id = torch.from_numpy(np.c_[rng.normal(1, 1, 200), rng.normal(-1, 1, 200)])
+    s_ood = torch.from_numpy(np.c_[rng.normal(-1, 1, 200), rng.normal(1, 1, 200)])
+    nn_comb = fit_nonnegative(s_id, s_ood)
+    assert (nn_comb.coef >= 0).all() and nn_comb.coef[0] > 0 and nn_comb.coef[1] == 0
+    # where the free regression is already non-negative, both agree
+    s_ood2 = torch.from_numpy(np.c_[rng.normal(-1, 1, 200), rng.normal(-2, 1, 200)])
+    free, bounded = fit_combiner(s_id, s_ood2), fit_nonnegative(s_id, s_ood2)
+    assert (free.coef > 0).all()
+    torch.testing.assert_close(bounded.coef, free.coef, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mahalanobis-ensemble", "fssd-ensemble"])
+def test_ensemble_combinations(name: str, tiny_setup: dict) -> None:
+    s = tiny_setup
+    kw = {"id_val": s["id_val"], "ood_val": s["ood_val"]}
+    params = {"noise": 0.0} if name == "mahalanobis-ensemble" else {}
+    ref = create_detector(name, combination="logistic", **params).fit(s["model"], s["id_train"], **kw)
+    assert ref.tuning()["chosen"]["combination"] == "logistic"
+    det = create_detector(name, **params).fit(s["model"], s["id_train"], **kw)
+    chosen = det.tuning()["chosen"]["combination"]
+    assert chosen in {"mean", "logistic", "nonnegative"} | {f"member:{t}" for t in det.taps_}
+    assert {r["combination"] for r in det.tuning()["candidates"]} >= {"mean", "logistic"}
+    with pytest.raises(OodlabError, match="unknown combination 'vote'.*validated, logistic"):
+        create_detector(name, combination="vote", **params).fit(s["model"], s["id_train"], **kw)

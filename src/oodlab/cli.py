@@ -86,10 +86,12 @@ def cli() -> None:
     "--detectors",
     default="default",
     show_default=True,
-    metavar="A,B|default|all",
-    help="Comma-separated detector and method names, 'default' (the logit detectors) or 'all' (every "
-    "post-hoc detector). Methods that train their network (outlier-exposure, energy-finetune, "
-    "deep-ensemble) or sample (mc-dropout) are named explicitly; see `oodlab list detectors`.",
+    metavar="A,B|default|all|auto",
+    help="Comma-separated detector and method names, 'default' (the logit detectors), 'all' (every "
+    "post-hoc detector), or 'auto' (every post-hoc detector, and per suite and seed the one chosen "
+    "on validation data alone, reported beside the test-best). Methods that train their network "
+    "(outlier-exposure, energy-finetune, deep-ensemble) or sample (mc-dropout) are named explicitly; "
+    "see `oodlab list detectors`.",
 )
 @click.option(
     "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
@@ -123,7 +125,7 @@ def cli() -> None:
     default="lenet",
     show_default=True,
     metavar="NAME",
-    help="How each suite's classifier is trained: lenet (the suites' own), lenet5 or resnet18. "
+    help="How each suite's classifier is trained: lenet (the suites' own), lenet5, resnet18 or lenet-caffe. "
     "See `oodlab list recipes`.",
 )
 @click.option("--epochs", type=int, default=None, help="Override the recipe's training epochs.")
@@ -216,6 +218,7 @@ def bench(
         corruptions=_parse_names(corruptions, "--corruptions") if corruptions is not None else None,
         mixtures=list(mixtures),
         detector_params=_parse_params(params),
+        select=detectors.strip() == "auto",
     )
     t0 = time.perf_counter()
     rows, models = run_bench(

@@ -12,7 +12,15 @@ from typing import Any
 from tabulate import tabulate
 
 from oodlab.bench.aggregate import aggregate, pm
-from oodlab.bench.report import METRIC_COLUMNS, _by_suite, _tuning_lines, corruption_rows
+from oodlab.bench.report import (
+    METRIC_COLUMNS,
+    SELECTION_NOTE,
+    _by_suite,
+    _tuning_lines,
+    corruption_rows,
+    selecting,
+)
+from oodlab.bench.selection import selection_rows
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; }
@@ -149,5 +157,12 @@ def render_html(
             parts.append(f"<h3>Tuned hyperparameters</h3><ul>{items}</ul>")
         for fig in figures.get(suite, []):
             parts.append(_figure(fig, suite))
+    if selecting(rows):
+        header, body = selection_rows(rows)
+        parts += [
+            '<h2 id="selection">Blind selection</h2>',
+            f'<p class="note">{_esc(SELECTION_NOTE.replace("`", ""))}</p>',
+            _table(header, [[_esc(c) for c in row] for row in body]),
+        ]
     parts.append(f'<p class="note">oodlab {_esc(manifest.get("oodlab", ""))}.</p></body></html>')
     return "\n".join(parts) + "\n"

@@ -96,6 +96,36 @@ def corruption_table(agg: Sequence[dict[str, Any]], fmt: str = "github") -> str:
     return tabulate(body, headers=header, tablefmt=fmt, disable_numparse=True)
 
 
+def selecting(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether the run asked for blind selection (``oodlab bench --detectors auto``)."""
+    return bool(rows) and bool((rows[0].get("config") or {}).get("select"))
+
+
+def selection_table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
+    """The blind-selection table (:func:`oodlab.bench.selection.select_by_validation`) and a summary line."""
+    from oodlab.bench.selection import select_by_validation, selection_rows
+
+    header, body = selection_rows(rows)
+    picks = [s for s in select_by_validation(rows) if "corruption" not in s]
+    within = sum(s["gap"] <= 0.003 for s in picks)
+    rho = [s["spearman"] for s in picks if s["spearman"] == s["spearman"]]
+    note = (
+        f"Chosen within 0.3 AUROC points of the test-best in {within} of {len(picks)} cases; "
+        f"Spearman (validation vs test AUROC over detectors) mean "
+        + (f"{sum(rho) / len(rho):.2f}" if rho else "–")
+        + "."
+    )
+    return tabulate(body, headers=header, tablefmt=fmt, disable_numparse=True) + "\n\n" + note
+
+
+SELECTION_NOTE = (
+    "Blind selection (`--detectors auto`): per suite and seed, the detector with the highest AUROC of "
+    "ID validation against the near-OOD kinds of the synthetic OOD validation set (patch-shuffled "
+    "images and class chimeras; never an OOD test set), its test figures, and the detector best on "
+    "the test set."
+)
+
+
 def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -179,6 +209,8 @@ def markdown_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, A
             out += ["", summary_table(agg)]
         if any("corruption" in a for a in agg):
             out += ["", f"## {suite}: AUROC (%) per corruption and severity", "", corruption_table(agg)]
+    if selecting(rows):
+        out += ["", "## Blind selection", "", SELECTION_NOTE, "", selection_table(rows)]
     return "\n".join(out) + "\n"
 
 
@@ -222,6 +254,8 @@ def console_report(rows: Sequence[dict[str, Any]], models: Sequence[dict[str, An
             out.append(corruption_table(agg, fmt="simple"))
         else:
             out.append(summary_table(agg, fmt="simple"))
+    if selecting(rows):
+        out += ["", SELECTION_NOTE, selection_table(rows, fmt="simple")]
     return "\n".join(out)
 
 

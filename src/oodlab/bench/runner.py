@@ -8,6 +8,7 @@ with the same configuration reuses the finished cells and computes only the rest
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from oodlab import __version__, features
 from oodlab.bench.cells import (
+    RUN_FILE,
     CellError,
     CellSpec,
     CellStore,
@@ -30,6 +32,7 @@ from oodlab.bench.cells import (
     stable_hash,
     start_run_dir,
 )
+from oodlab.bench.selection import AUTO
 from oodlab.bench.suites import (
     DEFAULT_SUITES,
     PROTOCOLS,
@@ -45,11 +48,14 @@ from oodlab.data.corruptions import SEVERITIES, check_corruptions
 from oodlab.data.imageset import ImageSet
 from oodlab.data.mixtures import MixtureSpec, parse_mixture
 from oodlab.data.sources import cache_dir
+from oodlab.data.synthetic import near_ood_kinds
 from oodlab.detectors import create_detector, get_detector_class, list_detectors
+from oodlab.detectors._ensemble import ValidationEnsemble, group_aurocs
 from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
 from oodlab.features import OutputsCache
-from oodlab.metrics import classification_accuracy, ood_metrics, threshold_at_accept_rate
+from oodlab.io import atomic_write_bytes
+from oodlab.metrics import auroc, classification_accuracy, fpr_at_tpr, ood_metrics, threshold_at_accept_rate
 from oodlab.training import DEFAULT_RECIPE, Network, get_recipe, make_network, with_recipe
 
 #: Detectors `oodlab bench` runs when none are named: every one that needs no retraining and
@@ -76,6 +82,9 @@ class BenchConfig:
     mixtures: list[str] = field(default_factory=list)
     #: Hyperparameters of named detectors, ``{detector: {param: value}}`` (others: defaults).
     detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``--detectors auto``: also choose one detector per (suite, seed) on validation data alone
+    #: and report its test figures beside the test-best's (:mod:`oodlab.bench.selection`).
+    select: bool = False
 
     def __post_init__(self) -> None:
         for s in self.suites:
@@ -110,6 +119,13 @@ class BenchConfig:
                 )
         for s in self.suites:
             check_mixtures(self.suite(s), self.mixture_specs(), list(self.extra_ood))
+        if self.select:
+            no_val = [s for s in self.suites if min(self.suite(s).n_val, self.suite(s).n_ood_val) < 2]
+            if no_val:
+                raise OodlabError(
+                    "--detectors auto chooses a detector on validation data, and suite "
+                    f"{', '.join(no_val)} has none (n_val / n_ood_val below 2); name the detectors instead"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -132,8 +148,8 @@ class BenchConfig:
     def identity(self) -> dict[str, Any]:
         """Everything that decides this run's numbers (its hash names the run's folder contents)."""
         # The recipe's name is left out: its whole effect is in the suite definitions, and runs
-        # made before recipes could be chosen stay resumable.
-        config = {k: v for k, v in self.to_dict().items() if k != "recipe"}
+        # made before recipes could be chosen stay resumable. Selection changes no number.
+        config = {k: v for k, v in self.to_dict().items() if k not in ("recipe", "select")}
         networks = {
             f"{s}/{d}": self._network_identity(s, d)
             for s in self.suites
@@ -200,22 +216,31 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _post_hoc() -> list[str]:
+    """Every registered detector that neither trains its network nor samples."""
+    return [
+        n
+        for n in list_detectors()
+        if not (get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic)
+    ]
+
+
 def resolve_detectors(spec: str | None) -> list[str]:
     """``None``/``"default"`` → the default set; ``"all"`` → every post-hoc detector; else a comma list.
 
     ``"all"`` leaves out the methods that train their network or sample (``deep-ensemble`` alone
     trains five networks, ``mc-dropout`` needs a network with dropout): name those explicitly.
+    ``"auto"`` runs the same detectors as ``"all"``, those that need no input gradient first (the
+    cheap ones, so an interrupted run has the most); pass ``select=True`` to :class:`BenchConfig`
+    to have one chosen per (suite, seed) on validation data (see :mod:`oodlab.bench.selection`).
     """
     if spec is None or spec == "default":
         return list(DEFAULT_DETECTORS)
     if spec == "all":
-        return [
-            n
-            for n in list_detectors()
-            if not (
-                get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic
-            )
-        ]
+        return _post_hoc()
+    if spec == AUTO:
+        # Those scored from the shared forward pass first: an interrupted run has the most.
+        return sorted(_post_hoc(), key=lambda n: get_detector_class(n).capabilities.own_forward)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise OodlabError("--detectors is empty; name at least one detector, 'default' or 'all'")
@@ -257,22 +282,49 @@ def _run_detector(
     # Scores of the sets shared by every OOD set (ID test, ID validation), per fit: a
     # gradient-based detector would otherwise rescore them once per OOD set.
     memo: dict[int, np.ndarray] = {}
+    # An ensemble's members are scored once and combined, so each row also says how every
+    # member does alone (an ensemble should never do worse than its best member).
+    ensemble = det if isinstance(det, ValidationEnsemble) else None
+    member_memo: dict[int, np.ndarray] = {}
+
+    def members_of(images: ImageSet) -> np.ndarray:
+        assert ensemble is not None
+        if id(images) not in member_memo:
+            member_memo[id(images)] = ensemble.member_scores_set(images).numpy()
+        return member_memo[id(images)]
 
     def scores_of(images: ImageSet) -> np.ndarray:
         if id(images) not in memo:
-            memo[id(images)] = det.score_set(images).numpy()
+            if ensemble is not None:
+                memo[id(images)] = ensemble.scores_from_members(torch.from_numpy(members_of(images))).numpy()
+            else:
+                memo[id(images)] = det.score_set(images).numpy()
         return memo[id(images)]
 
     for ood_name, ood_set in data.ood_tests.items():
         if per_ood:
             fit_seconds = _fit(det, model, data, ood_name)
             memo.clear()
+            member_memo.clear()
         id_val, ood_val = data.validation_for(ood_name)
         t0 = time.perf_counter()
         id_scores = scores_of(data.id_test_for(ood_name))
-        ood_scores = det.score_set(ood_set).numpy()
+        ood_scores = scores_of(ood_set)
+        memo.pop(id(ood_set))
         score_seconds = time.perf_counter() - t0
-        threshold = threshold_at_accept_rate(scores_of(id_val), cfg.accept_rate)
+        members: dict[str, dict[str, float]] = {}
+        if ensemble is not None:
+            m_id, m_ood = members_of(data.id_test_for(ood_name)), member_memo.pop(id(ood_set))
+            members = {
+                tap: {
+                    "auroc": auroc(m_id[:, j], m_ood[:, j]),
+                    "fpr95": fpr_at_tpr(m_id[:, j], m_ood[:, j], 0.95),
+                }
+                for j, tap in enumerate(ensemble.taps_)
+            }
+        val_id_scores, val_ood_scores = scores_of(id_val), scores_of(ood_val)
+        near = near_ood_kinds(ood_val)
+        threshold = threshold_at_accept_rate(val_id_scores, cfg.accept_rate)
         rows.append(
             {
                 "suite": data.suite.name,
@@ -290,8 +342,16 @@ def _run_detector(
                 "params": det.get_params(),
                 "tuning": det.tuning(),
                 "tuned_on": {"id_val": id_val.name, "ood_val": ood_val.name},
+                # The same metrics on the validation pair: what `--detectors auto` chooses by.
+                "val_auroc": auroc(val_id_scores, val_ood_scores),
+                "val_worst_auroc": min(group_aurocs(val_id_scores, val_ood_scores, ood_val.y)),
+                "val_near_auroc": auroc(
+                    val_id_scores, val_ood_scores[near] if near is not None else val_ood_scores
+                ),
+                "val_fpr95": fpr_at_tpr(val_id_scores, val_ood_scores, 0.95),
                 "threshold_on": id_val.name,
                 **kinds.get(ood_name, {}),
+                **({"members": members} if members else {}),
             }
         )
         scores[ood_name] = (id_scores, ood_scores)
@@ -475,7 +535,15 @@ def run_bench(
     if store is not None:
         resumed = started = check_run_dir(store.root, manifest, overwrite=overwrite)
         if resumed:
-            manifest = {**manifest, "environment": _saved_environment(store.root, manifest)}
+            saved = _saved_manifest(store.root, manifest)
+            manifest = {**manifest, "environment": saved.get("environment", manifest["environment"])}
+            if saved.get("config") != json.loads(json.dumps(manifest["config"])):
+                # Same numbers, other reporting (--recipe spelled out, --detectors auto): keep the
+                # saved environment, take this run's configuration.
+                atomic_write_bytes(
+                    store.root / RUN_FILE,
+                    json.dumps({**saved, "config": manifest["config"]}, indent=1).encode(),
+                )
             if store.clean_temporary():
                 log(f"removed temporary files of an interrupted run in {store.root}")
     done: dict[CellSpec, dict[str, Any]] = {}
@@ -551,10 +619,10 @@ def run_bench(
     return assemble([done[s] for s in specs], manifest)
 
 
-def _saved_environment(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _saved_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     from oodlab.bench.cells import read_manifest
 
-    return read_manifest(root).get("environment", manifest["environment"])
+    return read_manifest(root)
 
 
 def assemble(

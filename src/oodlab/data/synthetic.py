@@ -19,7 +19,14 @@ from scipy.ndimage import uniform_filter
 from oodlab.data.imageset import ImageSet
 from oodlab.errors import OodlabError
 
-__all__ = ["OOD_VALIDATION_TRANSFORMS", "gaussian_noise", "synthetic_ood_validation", "uniform_noise"]
+__all__ = [
+    "NEAR_OOD_KINDS",
+    "OOD_VALIDATION_TRANSFORMS",
+    "gaussian_noise",
+    "near_ood_kinds",
+    "synthetic_ood_validation",
+    "uniform_noise",
+]
 
 
 def _check_n_shape(n: int, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -132,22 +139,45 @@ def _box_blur(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator, siz
     return uniform_filter(x, size=(1, 1, size, size), mode="reflect")
 
 
-def _mixture(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Average each image with another one of a different label: ``0.5 * a + 0.5 * b``.
-
-    Superimposes two classes, so the result is ambiguous between them and belongs to neither
-    (semantic near-OOD). Without labels (or with a single class) the partner is just another image.
-    """
-    k = len(x)
-    if k == 1:
-        return x.copy()
+def _partners(y: np.ndarray | None, k: int, rng: np.random.Generator) -> np.ndarray:
+    """For each of ``k`` images another one's index, of a different label where labels allow."""
     partner = rng.integers(0, k - 1, size=k)
     partner += partner >= np.arange(k)  # any index but self
     if y is not None and len(np.unique(y)) > 1:
         by_label = {int(label): np.flatnonzero(y != label) for label in np.unique(y)}
         bad = y[partner] == y
         partner[bad] = [rng.choice(by_label[int(label)]) for label in y[bad]]
-    return 0.5 * x + 0.5 * x[partner]
+    return partner
+
+
+def _mixture(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Average each image with another one of a different label: ``0.5 * a + 0.5 * b``.
+
+    Superimposes two classes, so the result is ambiguous between them and belongs to neither
+    (semantic near-OOD). Without labels (or with a single class) the partner is just another image.
+    """
+    if len(x) == 1:
+        return x.copy()
+    return 0.5 * x + 0.5 * x[_partners(y, len(x), rng)]
+
+
+def _chimera(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Join one half of each image to the other half of an image of a different class.
+
+    The cut is horizontal or vertical (at random per image) through the middle. Every stroke and
+    texture is an ID one and the ink is where ID ink is, but the whole is no class: a class-
+    conditional near-OOD image whose oddness only the later, semantic layers can see. Without
+    labels (or with a single class) the partner is just another image.
+    """
+    k, _, h, w = x.shape
+    if k == 1:
+        return x.copy()
+    other = x[_partners(y, k, rng)]
+    out = x.copy()
+    vertical = rng.random(k) < 0.5
+    out[vertical, :, :, w // 2 :] = other[vertical, :, :, w // 2 :]
+    out[~vertical, :, h // 2 :, :] = other[~vertical, :, h // 2 :, :]
+    return out
 
 
 #: The transforms of :func:`synthetic_ood_validation`, in order, by name.
@@ -159,7 +189,29 @@ OOD_VALIDATION_TRANSFORMS: dict[
     "flip_invert": _flip_invert,
     "box_blur": _box_blur,
     "mixture": _mixture,
+    "chimera": _chimera,
 }
+
+
+#: The near-OOD kinds: ID-like strokes and textures in a shape no class has. They are what a
+#: semantic OOD set of the same modality (another dataset of digits or garments, a held-out class)
+#: looks like to a network; the other kinds are low-level shifts (histogram, orientation, blur,
+#: superposition) that an early layer flags whatever the content. See :func:`near_ood_kinds`.
+NEAR_OOD_KINDS: tuple[str, ...] = ("patch_shuffle", "chimera")
+
+
+def near_ood_kinds(ood_val: ImageSet) -> np.ndarray | None:
+    """Boolean mask of the near-OOD images of a set from :func:`synthetic_ood_validation`.
+
+    ``None`` when ``ood_val`` carries no kind labels (any other OOD validation set, e.g. the paper
+    protocol's real images) or holds no near-OOD image.
+    """
+    if ood_val.y is None:
+        return None
+    names = list(OOD_VALIDATION_TRANSFORMS)
+    near = [names.index(k) for k in NEAR_OOD_KINDS]
+    mask = np.isin(ood_val.y, near)
+    return mask if mask.any() else None
 
 
 def _as_float01(x: np.ndarray) -> np.ndarray:
@@ -171,7 +223,7 @@ def _as_float01(x: np.ndarray) -> np.ndarray:
 def synthetic_ood_validation(id_val: ImageSet, n: int, seed: int, name: str = "synthetic-val") -> ImageSet:
     """An OOD *validation* set made only from ID validation images, for tuning detectors.
 
-    ``n`` images in equal shares (the first ``n % 5`` transforms get one extra) of:
+    ``n`` images in equal shares (the first ``n % 6`` transforms get one extra) of:
 
     * ``pixel_permute``: pixels shuffled by a random permutation per image (same histogram, no structure);
     * ``patch_shuffle``: a 4x4 grid of patches put in a random order with no patch in place (ID-like local
@@ -179,7 +231,13 @@ def synthetic_ood_validation(id_val: ImageSet, n: int, seed: int, name: str = "s
     * ``flip_invert``: upside-down and inverted, ``1 - flipud(x)`` (bright background, wrong orientation);
     * ``box_blur``: 9x9 mean filter (no fine detail);
     * ``mixture``: ``0.5 * a + 0.5 * b`` for two images of different labels (two classes at once; random
-      pairs if ``id_val`` is unlabelled).
+      pairs if ``id_val`` is unlabelled);
+    * ``chimera``: one half (top or left) of an image joined to the other half of an image of another
+      class (ID strokes, no class; random pairs if ``id_val`` is unlabelled).
+
+    The first four are low-level shifts that early layers see; the last two are semantic near-OOD
+    that only later layers see. The labels of the result say which transform made each image (the
+    index into :data:`OOD_VALIDATION_TRANSFORMS`), so a detector can judge itself on every kind.
 
     Source images are drawn at random from ``id_val`` (without replacement while there are enough).
     There are deliberately no Gaussian or uniform noise images: those are OOD *test* sets. The result is
@@ -193,7 +251,7 @@ def synthetic_ood_validation(id_val: ImageSet, n: int, seed: int, name: str = "s
         name: Name of the returned set.
 
     Returns:
-        Unlabelled ``float32`` images in [0, 1], of ``id_val``'s image shape.
+        ``float32`` images in [0, 1] of ``id_val``'s image shape, labelled with their transform's index.
 
     Raises:
         OodlabError: If ``id_val`` is empty or ``n`` is not positive.
@@ -204,13 +262,17 @@ def synthetic_ood_validation(id_val: ImageSet, n: int, seed: int, name: str = "s
     rng = np.random.default_rng(seed)
     kinds = list(OOD_VALIDATION_TRANSFORMS.values())
     shares = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
-    blocks = []
-    for transform, k in zip(kinds, shares, strict=True):
+    blocks, kind = [], []
+    for i, (transform, k) in enumerate(zip(kinds, shares, strict=True)):
         if k == 0:
             continue
         idx = rng.choice(len(id_val), size=k, replace=k > len(id_val))
         x = _as_float01(id_val.x[idx])
         y = None if id_val.y is None else id_val.y[idx]
         blocks.append(transform(x, y, rng))
-    out = np.concatenate(blocks)[rng.permutation(n)]
-    return ImageSet(name, np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32))
+        kind.append(np.full(k, i))
+    order = rng.permutation(n)
+    out = np.concatenate(blocks)[order]
+    return ImageSet(
+        name, np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32), np.concatenate(kind)[order]
+    )

@@ -383,12 +383,14 @@ class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
         seed: int = 0,
         perturbation: float | None = 0.0,
         grid: Sequence[float] = PERTURBATIONS,
+        combination: str = "validated",
     ) -> None:
         self.taps = None if taps is None else list(taps)
         self.n_noise = n_noise
         self.seed = seed
         self.perturbation = perturbation
         self.grid = [float(m) for m in grid]
+        self.combination = combination
 
     def _taps(self, model: nn.Module) -> list[str]:
         if self.taps is not None:
@@ -403,6 +405,7 @@ class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
         return [*names, LOGITS]
 
     def _fit(self, model, id_train, id_val, ood_val) -> None:  # type: ignore[no-untyped-def]
+        self._check_combination()
         id_val, ood_val = self._require_validation(id_val, ood_val, "its layer weights")
         taps = self._fit_centres(model, id_train)
         grid = self.grid if self.perturbation is None else [float(self.perturbation)]
@@ -412,11 +415,11 @@ class FSSDEnsemble(ValidationEnsemble, _FSSDBase):
             "perturbation", "alpha", taps, grid, s_id, s_ood, id_val, ood_val
         )
 
-    def _score_outputs(self, out: Outputs) -> Tensor:
-        return self._combine(self._distances_from_outputs(out))
+    def _members_outputs(self, out: Outputs) -> Tensor:
+        return self._distances_from_outputs(out)
 
-    def _score_inputs(self, x: Tensor) -> Tensor:
-        return self._combine(self._distances_from_inputs(x, self.perturbation_))
+    def _members_inputs(self, x: Tensor) -> Tensor:
+        return self._distances_from_inputs(x, self.perturbation_)
 
 
 __all__ = ["FSSD", "FSSDEnsemble", "PERTURBATIONS", "fss_distance", "noise_images", "singularity"]

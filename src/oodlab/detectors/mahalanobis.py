@@ -361,11 +361,16 @@ class MahalanobisEnsemble(ValidationEnsemble, _MahalanobisBase):
     quick_params = {"grid": (0.0, 0.002)}
 
     def __init__(
-        self, taps: Sequence[str] | None = None, noise: float | None = None, grid: Sequence[float] = NOISES
+        self,
+        taps: Sequence[str] | None = None,
+        noise: float | None = None,
+        grid: Sequence[float] = NOISES,
+        combination: str = "validated",
     ) -> None:
         self.taps = None if taps is None else list(taps)
         self.noise = noise
         self.grid = [float(e) for e in grid]
+        self.combination = combination
 
     def _taps(self, model: nn.Module) -> list[str]:
         if self.taps is not None:
@@ -391,6 +396,7 @@ class MahalanobisEnsemble(ValidationEnsemble, _MahalanobisBase):
 
     def _fit(self, model, id_train, id_val, ood_val) -> None:  # type: ignore[no-untyped-def]
         self._check_noise()
+        self._check_combination()
         id_val, ood_val = self._require_validation(id_val, ood_val, "its layer weights")
         taps = self._taps(model)
         gaussians = self._fit_gaussians(model, id_train, taps)
@@ -403,11 +409,11 @@ class MahalanobisEnsemble(ValidationEnsemble, _MahalanobisBase):
         s_ood = self._validation_scores(model, ood_val, grid)
         self.noise_ = self._fit_ensemble("noise", "weights", taps, grid, s_id, s_ood, id_val, ood_val)
 
-    def _score_outputs(self, out: Outputs) -> Tensor:
-        return self._combine(self._per_tap_from_outputs(out))
+    def _members_outputs(self, out: Outputs) -> Tensor:
+        return self._per_tap_from_outputs(out)
 
-    def _score_inputs(self, x: Tensor) -> Tensor:
-        return self._combine(self._per_tap_from_inputs(x))
+    def _members_inputs(self, x: Tensor) -> Tensor:
+        return self._per_tap_from_inputs(x)
 
 
 __all__ = [

@@ -76,6 +76,20 @@ def _resnet18(base: TrainConfig) -> TrainConfig:
     )
 
 
+def _lenet_caffe(base: TrainConfig) -> TrainConfig:
+    return replace(
+        base,
+        model="lenet-caffe",
+        model_kwargs=_input_stats(base),
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        schedule="none",
+        epochs=5,
+        batch_size=128,
+    )
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A named way to train a suite's classifier (``oodlab bench --recipe``).
@@ -109,6 +123,12 @@ RECIPES: dict[str, Recipe] = {
             "CIFAR-style ResNet-18 at width 0.25 (stage widths 16-128, BatchNorm, 0.7M parameters), "
             "SGD Nesterov lr 0.1 momentum 0.9, weight decay 5e-4, cosine, batch 128, 3 epochs",
             _resnet18,
+        ),
+        Recipe(
+            "lenet-caffe",
+            "Caffe's MNIST LeNet (conv 20 and 50 5x5, fc 500; 431k parameters, no dropout), Adam lr 1e-3, "
+            "batch 128, 5 epochs, no weight decay or schedule",
+            _lenet_caffe,
         ),
     )
 }
