@@ -254,6 +254,101 @@ def report(out_dir: Path, no_plots: bool) -> None:
     _log(f"wrote {len(paths)} files to {out_dir}, e.g. {out_dir / 'report.html'}")
 
 
+def _parse_floats(value: str, what: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise OodlabError(f"{what} takes comma-separated numbers, got {value!r}") from None
+    if not out:
+        raise OodlabError(f"{what} is empty; give at least one number")
+    return out
+
+
+@cli.command()
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    metavar="NAME",
+    help="Suite to study (repeat or comma-separate); default: fmnist-vs-mnist, mnist-vs-fmnist, "
+    "mnist-holdout0.",
+)
+@click.option("--seed", type=int, default=None, help="Seed [0].")
+@click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed).")
+@click.option(
+    "--lambdas",
+    default="0,0.01",
+    show_default=True,
+    metavar="L1,L2",
+    help="Entropy weights λ of the log-softmax networks (each compared with the ReLU network).",
+)
+@click.option("--width", type=float, default=0.125, show_default=True, help="ResNet-18 width multiplier.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Training epochs.")
+@click.option(
+    "--n-train", type=int, default=12_800, show_default=True, help="ID training images (seeded subset)."
+)
+@click.option(
+    "--n-fit", type=int, default=5000, show_default=True, help="ID training images Mahalanobis is fitted on."
+)
+@click.option(
+    "--n-eval", type=int, default=2000, show_default=True, help="Images per test and validation set."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results-layers"),
+    show_default=True,
+    help="Folder for cells/, layers.json, layers.md, plots/ and report.html; finished cells are reused.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the plots.")
+def layers(
+    suites: tuple[str, ...],
+    seed: int | None,
+    seeds: str | None,
+    lambdas: str,
+    width: float,
+    epochs: int,
+    n_train: int,
+    n_fit: int,
+    n_eval: int,
+    out_dir: Path,
+    no_plots: bool,
+) -> None:
+    """The layer study: per-layer softmax statistics of ReLU and log-softmax ResNets vs Mahalanobis.
+
+    For each suite and seed, trains (or loads) a ResNet-18 with ReLU activations and one with
+    log-softmax activations after the residual additions per entropy weight λ, and reports the
+    AUROC per layer of the nine layer-softmax aggregations and of per-layer Mahalanobis, a
+    near/far sweep, and the validation-chosen aggregation against the Mahalanobis ensemble.
+    """
+    from oodlab.bench.layers import LayerStudyConfig, run_layers
+
+    suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or [
+        "fmnist-vs-mnist",
+        "mnist-vs-fmnist",
+        "mnist-holdout0",
+    ]
+    seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+    if width <= 0 or epochs < 1 or n_train < 1:
+        raise OodlabError("--width must be positive, --epochs and --n-train at least 1")
+    cfg = LayerStudyConfig(
+        lambdas=tuple(_parse_floats(lambdas, "--lambdas")),
+        width=width,
+        epochs=epochs,
+        n_train=n_train,
+        n_fit=n_fit,
+        n_eval=n_eval,
+    )
+    t0 = time.perf_counter()
+    paths = run_layers(suite_names, seed_list, cfg, out_dir, plots=not no_plots, log=_log)
+    click.echo((out_dir / "layers.md").read_text())
+    _log(
+        f"wrote {len(paths)} files to {out_dir} in {time.perf_counter() - t0:.0f} s, "
+        f"e.g. {out_dir / 'report.html'}"
+    )
+
+
 @cli.command("list")
 @click.argument(
     "what",
