@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,36 @@ def _parse_ints(value: str, what: str) -> list[int]:
         raise OodlabError(f"{what} takes comma-separated integers, got {value!r}") from None
 
 
+def _suites_and_seeds(fn: Callable[..., None]) -> Callable[..., None]:
+    """The ``--suite``, ``--seed`` and ``--seeds`` options of the commands that run suites."""
+    options = [
+        click.option(
+            "--suite",
+            "suites",
+            multiple=True,
+            metavar="NAME",
+            help="Suite to run (repeat or comma-separate); default: mnist-holdout0, fmnist-vs-mnist, "
+            "mnist-vs-fmnist. See `oodlab list suites`.",
+        ),
+        click.option(
+            "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
+        ),
+        click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _suite_and_seed_lists(
+    suites: tuple[str, ...], seed: int | None, seeds: str | None
+) -> tuple[list[str], list[int]]:
+    from oodlab.bench import DEFAULT_SUITES
+
+    names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
+    return names, _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="oodlab")
 def cli() -> None:
@@ -74,14 +105,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--suite",
-    "suites",
-    multiple=True,
-    metavar="NAME",
-    help="Suite to run (repeat or comma-separate); default: mnist-holdout0, fmnist-vs-mnist, "
-    "mnist-vs-fmnist. See `oodlab list suites`.",
-)
+@_suites_and_seeds
 @click.option(
     "--detectors",
     default="default",
@@ -91,10 +115,6 @@ def cli() -> None:
     "post-hoc detector). Methods that train their network (outlier-exposure, energy-finetune, "
     "deep-ensemble) or sample (mc-dropout) are named explicitly; see `oodlab list detectors`.",
 )
-@click.option(
-    "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
-)
-@click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed).")
 @click.option(
     "--protocol",
     type=click.Choice(["blind", "paper"]),
@@ -199,11 +219,10 @@ def bench(
     SVG) and report.html (one self-contained page). Each seed retrains the model and refits the
     detectors.
     """
-    from oodlab.bench import DEFAULT_SUITES, BenchConfig, resolve_detectors, run_bench
+    from oodlab.bench import BenchConfig, resolve_detectors, run_bench
     from oodlab.bench.report import console_report, write_report
 
-    suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
-    seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+    suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
     cfg = BenchConfig(
         suites=suite_names,
         detectors=resolve_detectors(detectors),
@@ -265,16 +284,7 @@ def _parse_floats(value: str, what: str) -> list[float]:
 
 
 @cli.command()
-@click.option(
-    "--suite",
-    "suites",
-    multiple=True,
-    metavar="NAME",
-    help="Suite to study (repeat or comma-separate); default: fmnist-vs-mnist, mnist-vs-fmnist, "
-    "mnist-holdout0.",
-)
-@click.option("--seed", type=int, default=None, help="Seed [0].")
-@click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed).")
+@_suites_and_seeds
 @click.option(
     "--lambdas",
     default="0,0.01",
@@ -324,12 +334,7 @@ def layers(
     """
     from oodlab.bench.layers import LayerStudyConfig, run_layers
 
-    suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or [
-        "fmnist-vs-mnist",
-        "mnist-vs-fmnist",
-        "mnist-holdout0",
-    ]
-    seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+    suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
     if width <= 0 or epochs < 1 or n_train < 1:
         raise OodlabError("--width must be positive, --epochs and --n-train at least 1")
     cfg = LayerStudyConfig(
