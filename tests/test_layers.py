@@ -80,7 +80,8 @@ def test_entropy_min_is_cross_entropy_plus_lambda_times_summed_channel_entropy()
 
 def test_entropy_min_sharpens_the_channel_distributions() -> None:
     """A few steps with λ > 0 lower the summed channel entropy; the same steps with λ = 0 do not as much."""
-    x, y = pattern_images(16, seed=0).tensor(), torch.as_tensor(pattern_images(16, seed=0).y)
+    images = pattern_images(16, seed=0)
+    x, y = images.tensor(), images.labels()
     after = []
     for lam in (0.0, 1.0):
         torch.manual_seed(0)
