@@ -585,7 +585,7 @@ def layer_figure(cells: Sequence[dict[str, Any]], title: str) -> Any:
     from matplotlib.figure import Figure
 
     nets = _nets(cells)
-    fig = Figure(figsize=(4.2 * len(nets), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(nets) + 1.6, 3.6), layout="constrained")
     axes = fig.subplots(1, len(nets), sharey=True, squeeze=False)[0]
     colours = {"msp": "tab:blue", "misp": "tab:red", "asp": "tab:green"}
     styles = {"max": ":", "min": "-", "mean": "--"}
@@ -607,7 +607,7 @@ def layer_figure(cells: Sequence[dict[str, Any]], title: str) -> Any:
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"AUROC % ({cells[0]['networks']['relu']['near']})")
-    axes[-1].legend(fontsize=7, loc="lower left", ncol=2)
+    fig.legend(*axes[-1].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     fig.suptitle(title)
     return fig
 
@@ -618,7 +618,7 @@ def sweep_figure(cells: Sequence[dict[str, Any]], title: str) -> Any:
     from matplotlib.figure import Figure
 
     nets = _nets(cells)
-    fig = Figure(figsize=(4.2 * len(nets), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(nets) + 1.6, 3.6), layout="constrained")
     axes = fig.subplots(1, len(nets), sharey=True, squeeze=False)[0]
     cmap = colormaps["viridis"]
     for ax, net in zip(axes, nets, strict=True):
@@ -638,7 +638,7 @@ def sweep_figure(cells: Sequence[dict[str, Any]], title: str) -> Any:
         ax.grid(alpha=0.3)
     r0 = cells[0]["networks"]["relu"]
     axes[0].set_ylabel(f"AUROC % ({r0['near']} + {r0['far']})")
-    axes[-1].legend(fontsize=6, loc="lower left", ncol=2)
+    fig.legend(*axes[-1].get_legend_handles_labels(), loc="outside right upper", fontsize=6)
     fig.suptitle(title)
     return fig
 
