@@ -378,13 +378,44 @@ def layer_table(cells: Sequence[dict[str, Any]], net: str) -> tuple[list[str], l
     return header, body
 
 
+def compact_layer_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """min-MiSP and Mahalanobis per layer (near OOD set) for every network, side by side."""
+    nets = _nets(cells)
+    header = ["layer", *[f"{n}: {score}" for n in nets for score in ("misp-min", MAHALANOBIS)]]
+    body = []
+    for layer in cells[0]["networks"][nets[0]]["layers"]:
+        row = [layer]
+        for net in nets:
+            for score in ("misp-min", MAHALANOBIS):
+                key = f"{layer}/{score}"
+                known = key in cells[0]["networks"][net]["test_auroc"]
+                row.append(_pm(_vals(cells, net, _near_auroc(key))) if known else "–")
+        body.append(row)
+    ens = f"{ENSEMBLE}/{ENSEMBLE}"
+    body.append(["(ensemble)", *[x for n in nets for x in ("", _pm(_vals(cells, n, _near_auroc(ens))))]])
+    return header, body
+
+
 def _argbest(r: dict[str, Any], keys: Sequence[str], ood: str | None = None) -> str:
     return max(keys, key=lambda k: r["test_auroc"][k][ood or r["near"]])
 
 
+def _share_reversed(r: dict[str, Any]) -> float:
+    """Share of the layer aggregations whose test AUROC on the near set is below 0.5."""
+    keys = list(r["validation_auroc"])
+    return float(np.mean([r["test_auroc"][k][r["near"]] < 0.5 for k in keys]))
+
+
 def network_rows(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """ID accuracy of each network (and its difference from the ReLU network), training time."""
-    header = ["network", "ID test acc.", "Δ vs relu (points)", "ID val. acc.", "train s"]
+    header = [
+        "network",
+        "ID test acc.",
+        "Δ vs relu (points)",
+        "ID val. acc.",
+        "train s",
+        "layer aggregations below 50 (orientation from validation reversed on the test set)",
+    ]
     body = []
     for net in _nets(cells):
         acc = _vals(cells, net, lambda r: r["id_accuracy"])
@@ -396,6 +427,7 @@ def network_rows(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[
                 _pm(delta),
                 _pm(_vals(cells, net, lambda r: r["id_val_accuracy"])),
                 f"{np.mean(_vals(cells, net, lambda r: r['train_seconds'])):.0f}",
+                _pm(_vals(cells, net, _share_reversed), digits=0) + " %",
             ]
         )
     return header, body
@@ -656,6 +688,9 @@ def _sections(cells: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
     what = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     near = cells[0]["networks"]["relu"]["near"]
     parts: list[tuple[str, str, Any]] = [("table", f"Networks ({what})", network_rows(cells))]
+    parts.append(
+        ("table", f"min-MiSP and Mahalanobis per layer on {near} ({what})", compact_layer_table(cells))
+    )
     for net in _nets(cells):
         parts.append(("table", f"AUROC per layer on {near}, {net} ({what})", layer_table(cells, net)))
     parts.append(
