@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,36 @@ def _parse_ints(value: str, what: str) -> list[int]:
         raise OodlabError(f"{what} takes comma-separated integers, got {value!r}") from None
 
 
+def _suites_and_seeds(fn: Callable[..., None]) -> Callable[..., None]:
+    """The ``--suite``, ``--seed`` and ``--seeds`` options of the commands that run suites."""
+    options = [
+        click.option(
+            "--suite",
+            "suites",
+            multiple=True,
+            metavar="NAME",
+            help="Suite to run (repeat or comma-separate); default: mnist-holdout0, fmnist-vs-mnist, "
+            "mnist-vs-fmnist. See `oodlab list suites`.",
+        ),
+        click.option(
+            "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
+        ),
+        click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _suite_and_seed_lists(
+    suites: tuple[str, ...], seed: int | None, seeds: str | None
+) -> tuple[list[str], list[int]]:
+    from oodlab.bench import DEFAULT_SUITES
+
+    names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
+    return names, _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="oodlab")
 def cli() -> None:
@@ -74,14 +105,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--suite",
-    "suites",
-    multiple=True,
-    metavar="NAME",
-    help="Suite to run (repeat or comma-separate); default: mnist-holdout0, fmnist-vs-mnist, "
-    "mnist-vs-fmnist. See `oodlab list suites`.",
-)
+@_suites_and_seeds
 @click.option(
     "--detectors",
     default="default",
@@ -93,10 +117,6 @@ def cli() -> None:
     "(outlier-exposure, energy-finetune, deep-ensemble) or sample (mc-dropout) are named explicitly; "
     "see `oodlab list detectors`.",
 )
-@click.option(
-    "--seed", type=int, default=None, help="Seed of the split, the synthetic sets and the model [0]."
-)
-@click.option("--seeds", default=None, metavar="0,1,2", help="Several seeds (overrides --seed).")
 @click.option(
     "--protocol",
     type=click.Choice(["blind", "paper"]),
@@ -201,11 +221,10 @@ def bench(
     SVG) and report.html (one self-contained page). Each seed retrains the model and refits the
     detectors.
     """
-    from oodlab.bench import DEFAULT_SUITES, BenchConfig, resolve_detectors, run_bench
+    from oodlab.bench import BenchConfig, resolve_detectors, run_bench
     from oodlab.bench.report import console_report, write_report
 
-    suite_names = [s.strip() for v in suites for s in v.split(",") if s.strip()] or list(DEFAULT_SUITES)
-    seed_list = _parse_ints(seeds, "--seeds") if seeds else [seed if seed is not None else 0]
+    suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
     cfg = BenchConfig(
         suites=suite_names,
         detectors=resolve_detectors(detectors),
@@ -255,6 +274,87 @@ def report(out_dir: Path, no_plots: bool) -> None:
     rows, models = assemble([d for _, d in cells], manifest)
     click.echo(console_report(rows, models))
     _log(f"wrote {len(paths)} files to {out_dir}, e.g. {out_dir / 'report.html'}")
+
+
+def _parse_floats(value: str, what: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise OodlabError(f"{what} takes comma-separated numbers, got {value!r}") from None
+    if not out:
+        raise OodlabError(f"{what} is empty; give at least one number")
+    return out
+
+
+@cli.command()
+@_suites_and_seeds
+@click.option(
+    "--lambdas",
+    default="0,0.01",
+    show_default=True,
+    metavar="L1,L2",
+    help="Entropy weights λ of the log-softmax networks (each compared with the ReLU network).",
+)
+@click.option("--width", type=float, default=0.125, show_default=True, help="ResNet-18 width multiplier.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Training epochs.")
+@click.option(
+    "--n-train", type=int, default=12_800, show_default=True, help="ID training images (seeded subset)."
+)
+@click.option(
+    "--n-fit", type=int, default=5000, show_default=True, help="ID training images Mahalanobis is fitted on."
+)
+@click.option(
+    "--n-eval", type=int, default=2000, show_default=True, help="Images per test and validation set."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results-layers"),
+    show_default=True,
+    help="Folder for cells/, layers.json, layers.md, plots/ and report.html; finished cells are reused.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the plots.")
+def layers(
+    suites: tuple[str, ...],
+    seed: int | None,
+    seeds: str | None,
+    lambdas: str,
+    width: float,
+    epochs: int,
+    n_train: int,
+    n_fit: int,
+    n_eval: int,
+    out_dir: Path,
+    no_plots: bool,
+) -> None:
+    """The layer study: per-layer softmax statistics of ReLU and log-softmax ResNets vs Mahalanobis.
+
+    For each suite and seed, trains (or loads) a ResNet-18 with ReLU activations and one with
+    log-softmax activations after the residual additions per entropy weight λ, and reports the
+    AUROC per layer of the nine layer-softmax aggregations and of per-layer Mahalanobis, a
+    near/far sweep, and the validation-chosen aggregation against the Mahalanobis ensemble.
+    """
+    from oodlab.bench.layers import LayerStudyConfig, run_layers
+
+    suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
+    if width <= 0 or epochs < 1 or n_train < 1:
+        raise OodlabError("--width must be positive, --epochs and --n-train at least 1")
+    cfg = LayerStudyConfig(
+        lambdas=tuple(_parse_floats(lambdas, "--lambdas")),
+        width=width,
+        epochs=epochs,
+        n_train=n_train,
+        n_fit=n_fit,
+        n_eval=n_eval,
+    )
+    t0 = time.perf_counter()
+    paths = run_layers(suite_names, seed_list, cfg, out_dir, plots=not no_plots, log=_log)
+    click.echo((out_dir / "layers.md").read_text())
+    _log(
+        f"wrote {len(paths)} files to {out_dir} in {time.perf_counter() - t0:.0f} s, "
+        f"e.g. {out_dir / 'report.html'}"
+    )
 
 
 @cli.command("list")

@@ -14,7 +14,7 @@ import numpy as np
 from oodlab.data.imageset import ImageSet
 from oodlab.errors import OodlabError
 
-__all__ = ["MixtureSpec", "make_mixture", "parse_mixture"]
+__all__ = ["MixtureSpec", "make_mixture", "mixture_index", "parse_mixture"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,24 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x
 
 
+def mixture_index(
+    spec: MixtureSpec, n_near: int, n_far: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which images a mixture draws: ``(near_idx, far_idx, order)``.
+
+    ``n = min(n_near, n_far)``; ``round(spec.near_fraction · n)`` sorted indices into the near set
+    and the rest into the far set (without replacement, seeded by ``seed`` and the mixture's
+    name), then ``order``, a permutation of the ``n`` concatenated images. Per-image scores of
+    the near and far sets mixed by these indices are the scores of :func:`make_mixture`'s set.
+    """
+    n = min(n_near, n_far)
+    k = int(round(spec.near_fraction * n))
+    rng = np.random.default_rng([int(seed), zlib.crc32(spec.name.encode())])
+    a = np.sort(rng.choice(n_near, k, replace=False))
+    b = np.sort(rng.choice(n_far, n - k, replace=False))
+    return a, b, rng.permutation(n)
+
+
 def make_mixture(spec: MixtureSpec, near: ImageSet, far: ImageSet, seed: int) -> ImageSet:
     """Draw ``spec.near_fraction`` of ``n = min(len(near), len(far))`` images from ``near``, the
     rest from ``far`` (without replacement, seeded), shuffled together into one unlabelled set."""
@@ -61,12 +79,9 @@ def make_mixture(spec: MixtureSpec, near: ImageSet, far: ImageSet, seed: int) ->
         raise OodlabError(
             f"mixture {spec.name}: {spec.near!r} images are {near.shape} but {spec.far!r} are {far.shape}"
         )
-    n = min(len(near), len(far))
-    n_near = int(round(spec.near_fraction * n))
-    rng = np.random.default_rng([int(seed), zlib.crc32(spec.name.encode())])
-    a = near.x[np.sort(rng.choice(len(near), n_near, replace=False))]
-    b = far.x[np.sort(rng.choice(len(far), n - n_near, replace=False))]
+    ia, ib, order = mixture_index(spec, len(near), len(far), seed)
+    a, b = near.x[ia], far.x[ib]
     x = np.concatenate([_as_float(a), _as_float(b)])
     if near.x.dtype == far.x.dtype == np.uint8:
         x = np.concatenate([a, b])
-    return ImageSet(spec.name, np.ascontiguousarray(x[rng.permutation(n)]))
+    return ImageSet(spec.name, np.ascontiguousarray(x[order]))

@@ -1,9 +1,16 @@
-"""CIFAR-style ResNet-18/34 (3×3 stem, no max-pool) with a width multiplier."""
+"""CIFAR-style ResNet-18/34 (3×3 stem, no max-pool) with a width multiplier.
+
+The activation after each residual addition is a ReLU, or (``activation="logsoftmax"``) a
+log-softmax over the channels at every position: each block then outputs, per position, the
+log of a distribution over its channels, whose statistics an OOD detector can read
+(``layer-softmax``) and a training objective can sharpen (``entropy-min``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,15 +20,27 @@ from oodlab.models.base import PENULTIMATE, TappedModel, TapRecorder
 
 #: Smallest image side a ResNet accepts (three stride-2 stages bring 8 down to 1).
 MIN_IMAGE_SIZE = 8
+#: Activations a ResNet may apply after each residual addition.
+ACTIVATIONS = ("relu", "logsoftmax")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def check_activation(activation: str) -> str:
+    """``activation`` if it is one of :data:`ACTIVATIONS`; else a one-line error."""
+    if activation not in ACTIVATIONS:
+        raise OodlabError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return activation
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 conv-BN layers with an identity (or 1×1 conv-BN) shortcut, ReLU after the sum."""
+    """Two 3×3 conv-BN layers with an identity (or 1×1 conv-BN) shortcut; after the sum, a ReLU or
+    a log-softmax over channels (``activation``). The ReLU between the two convs stays a ReLU."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, activation: str = "relu") -> None:
         super().__init__()
+        self.activation = check_activation(activation)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
@@ -35,8 +54,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return F.relu(out) if self.activation == "relu" else torch.log_softmax(out, dim=1)
 
 
 def _width(base: int, width: float) -> int:
@@ -46,8 +65,9 @@ def _width(base: int, width: float) -> int:
 class ResNet(TappedModel):
     """3×3 stem conv-BN-ReLU, four BasicBlock stages (strides 1, 2, 2, 2), global average pool, fc→K.
 
-    Taps: ``stem``, ``layer1`` … ``layer4`` (stage outputs after their final ReLU, shape
-    ``(N, C, H, W)``), then ``penultimate`` (the pooled vector).
+    Taps: ``stem``, ``layer1`` … ``layer4`` (stage outputs after their final activation, shape
+    ``(N, C, H, W)``), then ``penultimate`` (the pooled vector). :meth:`forward_blocks` gives
+    the output of every residual block (``block_names``: ``layer1.0``, ``layer1.1``, …).
 
     Args:
         layers: Number of blocks in each of the four stages.
@@ -58,6 +78,9 @@ class ResNet(TappedModel):
             ``c`` in 64, 128, 256, 512.
         mean: Per-channel (or scalar) input mean used for normalisation.
         std: Per-channel (or scalar) input std used for normalisation.
+        activation: ``"relu"``, or ``"logsoftmax"``: ``log softmax`` over the channels at every
+            position, in place of the ReLU after each residual addition (only there: the stem
+            and the ReLU inside each block stay).
 
     References:
         He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
@@ -72,7 +95,9 @@ class ResNet(TappedModel):
         width: float = 1.0,
         mean: float | tuple[float, ...] = 0.5,
         std: float | tuple[float, ...] = 0.5,
+        activation: str = "relu",
     ) -> None:
+        check_activation(activation)
         if image_size is not None and image_size < MIN_IMAGE_SIZE:
             raise OodlabError(f"ResNet needs images of side >= {MIN_IMAGE_SIZE}, got image_size={image_size}")
         if width <= 0:
@@ -81,6 +106,7 @@ class ResNet(TappedModel):
             raise OodlabError(f"ResNet needs four stages of at least one block, got {tuple(layers)}")
         super().__init__(num_classes, in_channels, image_size, mean, std)
         self.width = float(width)
+        self.activation = activation
         self.tap_names = ("stem", "layer1", "layer2", "layer3", "layer4", PENULTIMATE)
         planes = [_width(c, width) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
@@ -90,10 +116,13 @@ class ResNet(TappedModel):
         for p, n, stride in zip(planes, layers, (1, 2, 2, 2), strict=True):
             blocks = []
             for s in [stride] + [1] * (int(n) - 1):
-                blocks.append(BasicBlock(in_planes, p, s))
+                blocks.append(BasicBlock(in_planes, p, s, activation))
                 in_planes = p
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.block_names = tuple(
+            f"{name}.{i}" for name, n in zip(STAGES, layers, strict=True) for i in range(n)
+        )
         self.head = nn.Linear(in_planes, num_classes)
 
         for m in self.modules():
@@ -111,20 +140,27 @@ class ResNet(TappedModel):
 
     def forward_features(self, z: Tensor, taps: TapRecorder) -> Tensor:
         z = taps.put("stem", F.relu(self.bn1(self.conv1(z))))
-        z = taps.put("layer1", self.layer1(z))
-        z = taps.put("layer2", self.layer2(z))
-        z = taps.put("layer3", self.layer3(z))
-        z = taps.put("layer4", self.layer4(z))
+        for name in STAGES:
+            for i, block in enumerate(getattr(self, name)):
+                z = taps.put(f"{name}.{i}", block(z))
+            z = taps.put(name, z)
         return F.adaptive_avg_pool2d(z, 1).flatten(1)
 
+    def forward_blocks(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits for images in [0, 1] and the output of every residual block, in network order
+        (each ``(N, C, H, W)``, after the block's activation)."""
+        rec = TapRecorder(self.block_names)
+        logits = self.head(self.forward_features(self.normalize(x), rec))
+        return logits, [rec.values[name] for name in self.block_names]
 
-@register_model("resnet18")
+
+@register_model("resnet18", residual=True)
 def resnet18(**kwargs: object) -> ResNet:
     """CIFAR-style ResNet-18 (about 11.2M parameters at width 1)."""
     return ResNet((2, 2, 2, 2), **kwargs)  # type: ignore[arg-type]
 
 
-@register_model("resnet34")
+@register_model("resnet34", residual=True)
 def resnet34(**kwargs: object) -> ResNet:
     """CIFAR-style ResNet-34 (about 21.3M parameters at width 1)."""
     return ResNet((3, 4, 6, 3), **kwargs)  # type: ignore[arg-type]

@@ -222,13 +222,56 @@ class EnergyMargin(Objective):
         return loss + self.lam * reg
 
 
+def channel_entropy(log_s: Tensor) -> Tensor:
+    """``Σ_positions Σ_channels −s log s`` per image of a log-softmax map ``log_s`` ``(N, C, ...)``
+    (``s = exp(log_s)``, a distribution over channels at every position) → ``(N,)``."""
+    return -(log_s.exp() * log_s).flatten(1).sum(dim=1)
+
+
+@register_objective("entropy-min")
+class EntropyMinimisation(Objective):
+    """``CE + λ · mean_batch Σ_blocks Σ_positions Σ_channels −s log s``, ``s`` each block's softmax.
+
+    For a residual network whose activation after each residual addition is a log-softmax over
+    channels (``create_model("resnet18", activation="logsoftmax")``): ``log s`` is that output
+    at every position of every residual block, and the term sharpens each per-position
+    distribution over channels. The sums run over all blocks, positions and channels (not
+    averaged), so the term grows with the image size and the network's width; λ = 0 is plain
+    cross-entropy on the same network.
+
+    References:
+        The log-softmax layer study's objective (entropy minimisation over every log-softmax
+        activation, λ ∈ {0, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1}); docs/layer-study.md.
+    """
+
+    def __init__(self, lam: float = 1e-2) -> None:
+        self.lam = _check_nonneg("lam", lam, "entropy-min")
+
+    def prepare(self, model: nn.Module, x_id: Tensor, x_aux: Tensor | None) -> dict[str, Any]:
+        if getattr(model, "activation", None) != "logsoftmax" or not hasattr(model, "forward_blocks"):
+            raise OodlabError(
+                f"objective 'entropy-min' sharpens log-softmax activations, but {type(model).__name__} has "
+                "none; train a residual network with activation='logsoftmax' (resnet18, resnet34)"
+            )
+        return {}
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None) -> Tensor:
+        if self.lam == 0:
+            return F.cross_entropy(model(x), y)
+        logits, blocks = model.forward_blocks(x)  # type: ignore[operator]
+        entropy = torch.stack([channel_entropy(b) for b in blocks]).sum(dim=0).mean()
+        return F.cross_entropy(logits, y) + self.lam * entropy
+
+
 __all__ = [
     "CrossEntropy",
+    "EntropyMinimisation",
     "EnergyMargin",
     "Objective",
     "OutlierExposure",
     "create_objective",
     "energy",
+    "channel_entropy",
     "get_objective_class",
     "list_objectives",
     "register_objective",
