@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from oodlab import features
 from oodlab.bench.aggregate import aggregate, pm
 from oodlab.bench.plots import roc_curve
 
@@ -52,7 +52,7 @@ def test_bench_writes_plots_report_and_mean_std(finished_run: Path) -> None:
     assert "ID test accuracy" in html and "Configuration" in html and "mean ± sample standard" in html
 
 
-def test_report_rebuilds_everything_fast_without_recomputing(finished_run: Path, capsys) -> None:
+def test_report_rebuilds_everything_without_recomputing(finished_run: Path, capsys, monkeypatch) -> None:
     out = finished_run
     before = {n: (out / n).read_text() for n in ("results.json", "results.md", "results.csv", "summary.json")}
     cells = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")}
@@ -61,10 +61,13 @@ def test_report_rebuilds_everything_fast_without_recomputing(finished_run: Path,
     for p in (out / "plots").rglob("*.*"):
         p.unlink()
     capsys.readouterr()
-    t0 = time.perf_counter()
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("oodlab report ran a forward pass")
+
+    # No wall-clock bound (machines and their load differ): no model may run at all.
+    monkeypatch.setattr(features, "extract", no_forward)
     assert run(["report", str(out)]) == 0
-    seconds = time.perf_counter() - t0
-    assert seconds < 10, f"report took {seconds:.1f} s"
     captured = capsys.readouterr()
     assert "trained" not in captured.err and "loaded from cache" not in captured.err  # no model touched
     assert "AUROC" in captured.out
