@@ -247,32 +247,39 @@ def test_model_spec_for_a_registered_model(tiny_setup: dict, tmp_path: Path) -> 
     assert torch.equal(model(x), lenet(x))
 
 
-def test_registering_twice_follows_the_definition(tmp_path: Path) -> None:
+def test_registering_twice_is_fine_and_an_edited_class_retrains(tmp_path: Path) -> None:
     import importlib.util
 
     from oodlab.models._registry import _MODELS, model_definition
+    from oodlab.training import TrainConfig, fit_or_load
 
-    def load(source: str, tag: str) -> object:
+    def load(source: str, tag: str) -> None:
         path = tmp_path / f"net_{tag}.py"
         path.write_text(source)
         spec = importlib.util.spec_from_file_location("user_net", path)  # one module name: a re-run cell
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
 
     src = (
-        "import torch\nfrom oodlab.models import register_model\n\n"
-        "class Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        "        self.fc = torch.nn.Linear(4, WIDTH)\n\n"
-        "@register_model('test-user-net')\ndef make(**kw):\n    return Net()\n"
+        "from oodlab.models import register_model\nfrom oodlab.models.mlp import MLP\n\n"
+        "class Net(MLP):\n    pass\n\n"
+        "@register_model('test-user-net')\ndef make(**kw):\n    return Net(hidden=(8,), dropout=DROP, **kw)\n"
     )
+    cfg = TrainConfig(
+        model="test-user-net", optimizer="adam", lr=1e-3, schedule="none", epochs=1, batch_size=32
+    )
+    data = pattern_images(64, seed=40)
     try:
-        load(src.replace("WIDTH", "2"), "a")
+        load(src.replace("DROP", "0.0"), "a")
         first = model_definition("test-user-net")
-        load(src.replace("WIDTH", "2"), "a")  # the same cell run again: fine, same definition
+        assert not fit_or_load(cfg, data, checkpoint_dir=tmp_path, progress=False)[1]["cached"]
+        load(src.replace("DROP", "0.0"), "a")  # the same cell run again: fine, same definition
         assert model_definition("test-user-net") == first
-        load(src.replace("WIDTH", "3"), "b")  # the class edited: another definition
+        assert fit_or_load(cfg, data, checkpoint_dir=tmp_path, progress=False)[1]["cached"]
+        # The class edited (same shapes): it retrains rather than reloading the old weights.
+        load(src.replace("DROP", "0.1"), "b")
         assert model_definition("test-user-net") != first
+        assert not fit_or_load(cfg, data, checkpoint_dir=tmp_path, progress=False)[1]["cached"]
 
         def other(**kw: object) -> torch.nn.Module:
             return torch.nn.Linear(3, 3)

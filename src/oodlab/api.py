@@ -73,6 +73,16 @@ def _value(text: str) -> Any:
         return text
 
 
+def check_post_hoc(specs: Sequence[DetectorSpec], where: str) -> None:
+    """One-line error for a method that trains its own network: ``where`` scores the model given."""
+    for s in specs:
+        if get_detector_class(s.name).capabilities.trains:
+            raise OodlabError(
+                f"detector {s.label!r} trains a network of its own; {where} scores the model you give "
+                "(use a post-hoc detector, or oodlab bench --suite for methods that train)"
+            )
+
+
 def parse_detector(spec: str | DetectorSpec | tuple[str, Mapping[str, Any]]) -> DetectorSpec:
     """One detector spec: ``"knn"``, ``"knn:k=50"``, ``"fssd:tap=conv2:perturbation=0"``, a
     ``(name, params)`` pair or a :class:`DetectorSpec`. Parameters are checked by building the
@@ -123,7 +133,14 @@ def parse_detectors(
         if spec.strip() in ("", "default"):
             items: Sequence[Any] = DEFAULT_DETECTORS if spec.strip() else ()
         elif spec.strip() == "all":
-            items = list_detectors()
+            # As `oodlab bench --detectors all`: the post-hoc, deterministic detectors.
+            items = [
+                n
+                for n in list_detectors()
+                if not (
+                    get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic
+                )
+            ]
         else:
             items = [s for s in _split_top(spec) if s.strip()]
     else:
@@ -244,6 +261,7 @@ def evaluate(
     if not ood_tests:
         raise OodlabError("give at least one OOD test set")
     specs = parse_detectors(detectors)
+    check_post_hoc(specs, "evaluate()")
     val = blind_validation(id_train, id_val, n_val=n_val, seed=seed)
     shapes = {s.name: s.shape for s in (val.id_train, id_test, *ood_tests.values())}
     if len(set(shapes.values())) != 1:

@@ -37,7 +37,15 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from oodlab import __version__, features
-from oodlab.api import DetectorSpec, Validation, blind_validation, fit_detector, parse_detectors, shared_pass
+from oodlab.api import (
+    DetectorSpec,
+    Validation,
+    blind_validation,
+    check_post_hoc,
+    fit_detector,
+    parse_detectors,
+    shared_pass,
+)
 from oodlab.data.imageset import ImageSet
 from oodlab.detectors import Detector, load_detector
 from oodlab.errors import OodlabError
@@ -159,6 +167,7 @@ def fit_bundle(
     if not 0.0 < accept_rate <= 1.0:
         raise OodlabError(f"accept rate must be in (0, 1], got {accept_rate}")
     specs: list[DetectorSpec] = parse_detectors(detectors)
+    check_post_hoc(specs, "a bundle")
     labels = [s.label for s in specs]
     if primary is not None and primary not in labels:
         raise OodlabError(f"--primary {primary!r} is not one of the detectors: {', '.join(labels)}")
