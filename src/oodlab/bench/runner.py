@@ -156,7 +156,7 @@ class BenchConfig:
             f"{s}/{d}": self._network_identity(s, d)
             for s in self.suites
             for d in self.detectors
-            if get_detector_class(d).capabilities.trains
+            if self.make_detector(d).capabilities.trains
         }
         return {
             **config,
