@@ -317,8 +317,9 @@ def test_empty_training_set_is_a_clear_error(name: str, tiny_setup: dict, models
 # -- the same detectors on a user's own network, wrapped with oodlab.models.wrap -------------
 
 
-#: Post-hoc detectors score the network they are given (the methods that train make their own).
-POST_HOC = [n for n in DETECTORS if n not in TRAINING]
+#: Post-hoc, deterministic detectors (as ``--detectors all``): they score the network they are
+#: given (the methods that train make their own; MC dropout needs dropout layers).
+POST_HOC = [n for n in DETECTORS if n not in TRAINING and not get_detector_class(n).capabilities.stochastic]
 
 
 def fit_on(name: str, model: torch.nn.Module, setup: dict) -> Detector:
