@@ -48,3 +48,43 @@ def tiny_setup() -> dict[str, object]:
         "id_test": pattern_images(150, seed=3),
         "ood_test": dark_images(150, seed=4),
     }
+
+
+def _train_tiny_resnet(id_train: ImageSet) -> torch.nn.Module:
+    """oodlab's built-in ResNet at its smallest (one block per stage, width 8), one quick epoch."""
+    import torch.nn.functional as F
+
+    from oodlab.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet((1, 1, 1, 1), num_classes=N_CLASSES, in_channels=1, image_size=SIZE, width=0.125)
+    x, y = id_train.tensor(), id_train.labels()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for idx in torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).split(32):
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def wrapped_models(tiny_setup: dict) -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
+    """``{kind: (built-in model, the same network written plainly and wrapped)}``.
+
+    ``sequential``: the tiny LeNet as a plain ``nn.Sequential``; ``resnet``: a tiny built-in
+    ResNet as a torchvision-style ResNet. Each pair computes the same function.
+    """
+    from oodlab.models.wrap import wrap
+    from tests.tvstyle import resnet_from_builtin, sequential_from_lenet
+
+    lenet = tiny_setup["model"]
+    seq = wrap(
+        sequential_from_lenet(lenet), taps={"conv1": "1", "conv2": "3"}, mean=0.5, std=0.5, image_size=SIZE
+    )
+    resnet = _train_tiny_resnet(pattern_images(320, seed=5))
+    # The built-in ResNet's taps, by the torchvision names (the stem's output is its ReLU's).
+    taps = {"stem": "relu", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}}
+    tv = wrap(resnet_from_builtin(resnet), taps=taps, mean=0.5, std=0.5, image_size=SIZE)
+    return {"sequential": (lenet, seq), "resnet": (resnet, tv)}

@@ -122,3 +122,16 @@ def test_reduced_tap_keeps_only_the_summary_and_merges_into_the_cache(tiny_setup
     assert cache.forward_passes == 2 and set(merged.taps) == {"penultimate", "conv2@norm"}
     again = OutputsCache(disk_dir=tmp_path).get(model, images, [norm, "penultimate"])
     torch.testing.assert_close(again.tap("conv2@norm"), full)
+
+
+def test_cache_is_bounded_in_bytes(tiny_setup: dict) -> None:
+    model = tiny_setup["model"]
+    sets = [tiny_setup[k] for k in ("id_train", "id_val", "ood_val")]
+    cache = OutputsCache(max_bytes=1)
+    for s in sets:
+        cache.get(model, s, ["conv1@mean"])
+        assert len(cache._store) == 1  # only the newest is kept
+    roomy = OutputsCache(max_bytes=1 << 30)
+    for s in sets:
+        roomy.get(model, s, ["conv1@mean"])
+    assert len(roomy._store) == 3 and roomy.nbytes() > 0

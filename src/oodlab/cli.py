@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from oodlab.commands import ModelArgs, bench_user_model, fit, model_options, parse_named, score, serve
 from oodlab.errors import OodlabError
 
 
@@ -19,16 +20,10 @@ def _log(msg: str) -> None:
 
 
 def _parse_ood_npy(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise OodlabError(f"--ood-npy takes NAME=PATH, got {v!r}")
-        if name in out:
-            raise OodlabError(f"--ood-npy name {name!r} given twice")
+    out = parse_named(values, "--ood-npy")
+    for name, path in out.items():
         if not Path(path).is_file():
             raise OodlabError(f"--ood-npy {name}: no such file {path}")
-        out[name] = path
     return out
 
 
@@ -193,7 +188,21 @@ def cli() -> None:
     help="Do not read or write the on-disk cache of model outputs ($OODLAB_CACHE/features).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@model_options
+@click.option("--id", "id_spec", default=None, metavar="DATA", help="With --model: ID test images.")
+@click.option(
+    "--train",
+    "train_spec",
+    default=None,
+    metavar="DATA",
+    help="With --model: ID training images [half of --id].",
+)
+@click.option(
+    "--ood", "ood", multiple=True, metavar="NAME=DATA", help="With --model: an OOD test set. Repeatable."
+)
+@click.pass_context
 def bench(
+    ctx: click.Context,
     suites: tuple[str, ...],
     detectors: str,
     seed: int | None,
@@ -211,8 +220,12 @@ def bench(
     no_plots: bool,
     no_feature_cache: bool,
     quiet: bool,
+    model_args: ModelArgs,
+    id_spec: str | None,
+    train_spec: str | None,
+    ood: tuple[str, ...],
 ) -> None:
-    """Run detectors on benchmark suites and write the results.
+    """Run detectors on benchmark suites (or, with --model, on your model and images) and write the results.
 
     Prints one table per suite and seed (a row per detector × OOD test set; mean ± std over seeds
     when several are given) and writes to --out: results.json (a list of rows: suite, seed,
@@ -221,6 +234,12 @@ def bench(
     SVG) and report.html (one self-contained page). Each seed retrains the model and refits the
     detectors.
     """
+    if model_args.spec is not None:
+        # The user's model: one evaluate() run; results are written only to an --out given.
+        explicit = ctx.get_parameter_source("out_dir") == click.core.ParameterSource.COMMANDLINE
+        seed0 = _parse_ints(seeds, "--seeds")[0] if seeds else (seed or 0)
+        args = (model_args, id_spec, train_spec, ood, detectors, seed0, accept_rate)
+        return bench_user_model(*args, out_dir if explicit else None)
     from oodlab.bench import BenchConfig, resolve_detectors, run_bench
     from oodlab.bench.report import console_report, write_report
 
@@ -420,6 +439,11 @@ def data() -> None:
         for split in ("train", "test"):
             ds = load_dataset(name, split)
             click.echo(f"{name:16s} {split:5s} {len(ds):6d} images of shape {ds.shape}")
+
+
+cli.add_command(fit)
+cli.add_command(score)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -256,8 +256,16 @@ class OutputsCache:
     relative to their size on disk.
     """
 
-    def __init__(self, max_entries: int = 32, disk_dir: Path | None = None, max_disk_dims: int = 2) -> None:
+    def __init__(
+        self,
+        max_entries: int = 32,
+        disk_dir: Path | None = None,
+        max_disk_dims: int = 2,
+        max_bytes: int | None = None,
+    ) -> None:
         self.max_entries = max_entries
+        #: Bound on the memory the kept outputs hold (the newest entry is always kept).
+        self.max_bytes = max_bytes
         self.disk_dir = disk_dir
         self.max_disk_dims = max_disk_dims
         self._store: OrderedDict[tuple[str, str], Outputs] = OrderedDict()
@@ -289,6 +297,13 @@ class OutputsCache:
         self._store.move_to_end(key)
         while len(self._store) > self.max_entries:
             self._store.popitem(last=False)
+        if self.max_bytes is not None:
+            while len(self._store) > 1 and self.nbytes() > self.max_bytes:
+                self._store.popitem(last=False)
+
+    def nbytes(self) -> int:
+        """Bytes held by the outputs kept in memory."""
+        return sum(o.logits.nbytes + sum(t.nbytes for t in o.taps.values()) for o in self._store.values())
 
     def _path(self, key: tuple[str, str]) -> Path:
         assert self.disk_dir is not None
@@ -317,7 +332,10 @@ class OutputsCache:
 
 
 #: The process-wide cache detectors use when they read a whole image set.
-default_cache = OutputsCache()
+#: The process-wide cache detectors use when they read a whole image set, bounded in entries and
+#: in memory (a loop over models would otherwise keep every model's features: about 110 MB per
+#: LeNet entry with its taps). Runs that know their sets use a cache of their own (`using_cache`).
+default_cache = OutputsCache(max_bytes=1 << 30)
 
 
 def outputs(model: nn.Module, images: ImageSet, taps: Iterable[TapSpec] = ()) -> Outputs:

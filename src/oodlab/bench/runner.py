@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from oodlab import __version__, features
+from oodlab.api import parse_detector, parse_detectors
 from oodlab.bench.cells import (
     RUN_FILE,
     CellError,
@@ -90,7 +91,7 @@ class BenchConfig:
         for s in self.suites:
             get_suite(s)
         for d in self.detectors:
-            get_detector_class(d)
+            parse_detector(d)
         for d in self.detector_params:
             if d not in self.detectors:
                 raise OodlabError(f"--param names detector {d!r}, which is not in --detectors")
@@ -134,8 +135,9 @@ class BenchConfig:
         return d
 
     def make_detector(self, name: str) -> Detector:
-        """A new detector ``name`` with this run's parameters for it."""
-        return create_detector(name, **self.detector_params.get(name, {}))
+        """A new detector ``name`` (or variant, ``knn:k=50``) with this run's parameters for it."""
+        spec = parse_detector(name)
+        return create_detector(spec.name, **{**spec.params, **self.detector_params.get(name, {})})
 
     def mixture_specs(self) -> list[MixtureSpec]:
         return [parse_mixture(m) for m in self.mixtures]
@@ -154,7 +156,7 @@ class BenchConfig:
             f"{s}/{d}": self._network_identity(s, d)
             for s in self.suites
             for d in self.detectors
-            if get_detector_class(d).capabilities.trains
+            if self.make_detector(d).capabilities.trains
         }
         return {
             **config,
@@ -200,9 +202,10 @@ class BenchConfig:
 
 def _params(detector: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
-        return create_detector(detector, **(params or {})).get_params()
+        spec = parse_detector(detector)
+        return create_detector(spec.name, **{**spec.params, **(params or {})}).get_params()
     except Exception:  # a detector that cannot be built without arguments: its class name stands in
-        return {"class": get_detector_class(detector).__qualname__, **(params or {})}
+        return {"class": get_detector_class(detector.split(":")[0]).__qualname__, **(params or {})}
 
 
 def environment() -> dict[str, Any]:
@@ -244,9 +247,7 @@ def resolve_detectors(spec: str | None) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise OodlabError("--detectors is empty; name at least one detector, 'default' or 'all'")
-    for n in names:
-        get_detector_class(n)
-    return names
+    return [d.label for d in parse_detectors(spec)]
 
 
 def _fit(det: Detector, model: torch.nn.Module, data: SuiteData, ood: str) -> float:
@@ -389,6 +390,8 @@ def _run_group(
     data = build_suite(suite, seed, cfg.protocol, {k: Path(v) for k, v in cfg.extra_ood.items()}, mixtures)
     recipe = dataclasses.replace(suite.train, seed=seed)
     detectors = [cfg.make_detector(n) for n in detector_names]
+    # Each cell is named as its detector was spelled (a variant: "knn:k=50").
+    cell_names = {id(d): n for d, n in zip(detectors, detector_names, strict=True)}
     by_network: dict[str, tuple[Network, list[Detector]]] = {}
     for det in detectors:
         net = det.network(recipe)
@@ -445,17 +448,19 @@ def _run_group(
             if any(d.capabilities.trains for d in dets):
                 model_info["network"] = {k: v for k, v in meta.items() if k != "cached"}
             for det in dets:
-                on_start(det.name)
+                cell = cell_names[id(det)]
+                on_start(cell)
                 # Each cell draws its own random numbers: its numbers do not depend on which other
                 # cells this process computed before it (so a resumed run equals an uninterrupted one).
                 torch.manual_seed(seed)
                 rows, scores = _run_detector(cfg, det, model, data, id_accuracy, kinds)
-                if "network" in model_info:
-                    for r in rows:
+                for r in rows:
+                    r["detector"] = cell
+                    if "network" in model_info:
                         r["network"] = model_info["network"]
                 shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
-                log(f"{tag} {det.name}: {shown}{', …' if len(rows) > 6 else ''}")
-                on_cell(det.name, rows, model_info, scores)
+                log(f"{tag} {cell}: {shown}{', …' if len(rows) > 6 else ''}")
+                on_cell(cell, rows, model_info, scores)
 
 
 def run_suite(

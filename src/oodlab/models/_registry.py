@@ -7,6 +7,8 @@ A factory registered with ``residual=True`` builds a network of residual blocks;
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,17 +27,69 @@ def register_model(
     """Register a factory that builds a :class:`TappedModel` under ``name``.
 
     ``residual=True`` says its networks are made of residual blocks and take ``activation=``.
+
+    Running the same module or notebook cell again registers the same factory again (same module
+    and qualified name): that is not an error, and an edited definition replaces the old one —
+    checkpoints record :func:`definition_hash`, so it never reloads the old one's weights.
+    Another factory under a taken name is an error.
     """
 
     def deco(factory: Callable[..., TappedModel]) -> Callable[..., TappedModel]:
-        if name in _MODELS:
-            raise RuntimeError(f"model {name!r} registered twice")
+        old = _MODELS.get(name)
+        if old is not None and _qualname(old) != _qualname(factory):
+            raise OodlabError(
+                f"model {name!r} is already registered by {_qualname(old)}; "
+                f"{_qualname(factory)} needs another name"
+            )
         _MODELS[name] = factory
         if residual:
             _RESIDUAL.add(name)
         return factory
 
     return deco
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _source(obj: object) -> bytes:
+    """The source of the module defining ``obj`` (edits beside it count too), else ``obj``'s own
+    source (IPython keeps cells' sources), else its bytecode (code typed into an interpreter)."""
+    module = inspect.getmodule(obj)
+    for target in (module, obj):
+        if target is None:
+            continue
+        try:
+            return inspect.getsource(target).encode()  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+    funcs = [obj] if inspect.isfunction(obj) else [v for v in vars(obj).values() if inspect.isfunction(v)]
+    out = b""
+    for f in funcs:
+        out += f.__code__.co_code + repr(f.__code__.co_consts).encode()
+    return out
+
+
+def definition_hash(obj: Callable[..., object] | type) -> str:
+    """A hash of what defines ``obj``: its source (see ``_source``) and that of every class or
+    function a factory function names (``def make(): return MyNet()`` covers ``MyNet``)."""
+    h = hashlib.sha256(_qualname(obj).encode())
+    h.update(_source(obj))
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        for ref_name in code.co_names:
+            ref = getattr(obj, "__globals__", {}).get(ref_name)
+            if inspect.isclass(ref) or inspect.isfunction(ref):
+                h.update(_source(ref))
+    return h.hexdigest()[:16]
+
+
+def model_definition(name: str) -> str:
+    """:func:`definition_hash` of the factory registered as ``name``."""
+    if name not in _MODELS:
+        raise OodlabError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return definition_hash(_MODELS[name])
 
 
 def create_model(name: str, **kwargs: object) -> TappedModel:

@@ -93,8 +93,8 @@ class TappedModel(nn.Module):
         """Logits for images in [0, 1]."""
         return self.head(self.forward_features(self.normalize(x), TapRecorder()))
 
-    def forward_taps(self, x: Tensor, taps: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits and the requested taps, from one forward pass."""
+    def wanted_taps(self, taps: Iterable[str]) -> frozenset[str]:
+        """``taps`` as a set; a clear error naming the model's taps if one is not among them."""
         wanted = frozenset(taps)
         unknown = wanted - set(self.tap_names)
         if unknown:
@@ -102,7 +102,11 @@ class TappedModel(nn.Module):
                 f"{type(self).__name__} has no tap {', '.join(sorted(unknown))}; "
                 f"its taps are: {', '.join(self.tap_names)}"
             )
-        rec = TapRecorder(wanted)
+        return wanted
+
+    def forward_taps(self, x: Tensor, taps: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the requested taps, from one forward pass."""
+        rec = TapRecorder(self.wanted_taps(taps))
         feats = rec.put(PENULTIMATE, self.forward_features(self.normalize(x), rec))
         return self.head(feats), rec.values
 

@@ -27,6 +27,7 @@ from oodlab.data.imageset import ImageSet
 from oodlab.data.sources import cache_dir
 from oodlab.errors import OodlabError
 from oodlab.models import TappedModel, create_model
+from oodlab.models._registry import model_definition
 from oodlab.training.aux import build_aux, check_aux, check_aux_set
 from oodlab.training.checkpoint import load_checkpoint, save_checkpoint
 from oodlab.training.objectives import create_objective
@@ -283,7 +284,11 @@ def fit_or_load(
         aux = None
     key = cfg.key(data.fingerprint, None if aux is None else aux.fingerprint)
     path = directory / f"{cfg.model}-{key}.safetensors"
-    if path.exists():
+    definition = model_definition(cfg.model)
+    # The key keeps its old form (cached checkpoints stay valid); the network's definition is
+    # checked against the one recorded beside the weights, so an edited model class retrains
+    # instead of reloading the old class's weights. Checkpoints from before the record are trusted.
+    if path.exists() and load_checkpoint_meta(path).get("definition", definition) == definition:
         meta = load_checkpoint_meta(path)
         model = build_model(cfg, int(meta["stats"]["num_classes"]), data.shape)
         load_checkpoint(model, path)
@@ -299,6 +304,7 @@ def fit_or_load(
         "data": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data)},
         "stats": stats,
         "trainer_version": TRAINER_VERSION,
+        "definition": definition,
     }
     if aux is not None:
         meta["aux"] = {"name": aux.name, "fingerprint": aux.fingerprint, "n": len(aux)}
