@@ -193,6 +193,13 @@ def cli() -> None:
     help="Do not read or write the on-disk cache of model outputs ($OODLAB_CACHE/features).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda",
+    help="Where the networks train and run: auto is CUDA when PyTorch sees a GPU, else the CPU.",
+)
 def bench(
     suites: tuple[str, ...],
     detectors: str,
@@ -211,6 +218,7 @@ def bench(
     no_plots: bool,
     no_feature_cache: bool,
     quiet: bool,
+    device: str,
 ) -> None:
     """Run detectors on benchmark suites and write the results.
 
@@ -239,6 +247,9 @@ def bench(
         detector_params=_parse_params(params),
         select=detectors.strip() == "auto",
     )
+    from oodlab.device import resolve_device
+
+    resolved = resolve_device(device)  # a missing GPU is an error before anything runs
     t0 = time.perf_counter()
     rows, models = run_bench(
         cfg,
@@ -247,6 +258,7 @@ def bench(
         progress=not quiet,
         log=_log,
         feature_cache=not no_feature_cache,
+        device=str(resolved),
     )
     click.echo(console_report(rows, models))
     paths = write_report(out_dir, plots=not no_plots, log=_log)
