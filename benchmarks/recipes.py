@@ -1,6 +1,6 @@
 """Which network to benchmark: the suites' LeNet against other recipes, chosen on validation only.
 
-The detectors give pytorch-ood's numbers on any given network (``crosscheck_pytorch_ood.py``),
+The detectors give pytorch-ood's numbers on any given network (``peer.py``),
 so the distance to the quality targets is a property of the network. This script compares the
 blind-protocol quality runs of several training recipes (``oodlab bench --recipe``) and picks,
 per suite, the recipe with the highest mean **ID validation accuracy** — the held-out training

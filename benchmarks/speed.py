@@ -43,10 +43,15 @@ from oodlab.bench import build_suite, get_suite
 from oodlab.data import ImageSet
 from oodlab.detectors import create_detector, list_detectors
 from oodlab.detectors.base import Detector
+from oodlab.detectors.knn import l2_normalize
 from oodlab.features import OutputsCache, extract
 from oodlab.metrics import auroc
 from oodlab.models import create_model
+from oodlab.models.base import PENULTIMATE
 from oodlab.training import fit_or_load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from knn_floor import matmul_topk_floor  # noqa: E402
 
 #: Fixed hyperparameters for throughput (tuning cost is measured separately).
 FIXED = {
@@ -201,6 +206,9 @@ def measure_model(
         "n_train": len(data.id_train),
         "repeats": repeats,
         "shared_all_free_x_forward": t_shared / t_ref,
+        # the target of the speed decisions: everything but KNN's exact search, which is
+        # measured against its own floor (knn.search_x_floor)
+        "shared_all_free_except_knn_search_x_forward": (t_shared - score_from_shared.get("knn", 0.0)) / t_ref,
         "shared_all_free_x_forward_runs": [t / r for r, _, t in shared_runs],
         "shared_pass_x_forward": t_shared_pass / t_ref,
         "score_from_shared_x_forward": {n: t / t_ref for n, t in score_from_shared.items()},
@@ -261,6 +269,12 @@ def knn_trade_off(
     t_ref, (_, per_det), t_all = median_pair(shared_runs)
     n_bank, d_live = full.bank_.shape
     search_mflops = 2 * n_bank * d_live / 1e6
+    # the search against its floor: the same blocked matmul + top-k (benchmarks/knn_floor.py)
+    out = extract(model, test, full.required_taps(model))
+    queries = l2_normalize(out.tap(PENULTIMATE))[:, full.live_].contiguous()
+    floor_runs = paired(
+        lambda: full.score_outputs(out), lambda: matmul_topk_floor(queries, full.bank_, full.k_), repeats
+    )
     forward_mflops = forward_flops(model, test.tensor(0, 1)) / 1e6
     return {
         "search_mflops_per_image": search_mflops,
@@ -268,6 +282,7 @@ def knn_trade_off(
         # achieved rates in the median shared run: how close each is to the machine's arithmetic peak
         "search_gflops": search_mflops * len(test) / per_det["knn"] / 1e3,
         "forward_gflops": forward_mflops * len(test) / t_ref / 1e3,
+        "search_x_floor": cost(floor_runs),
         "subsample": fraction,
         "k_subsample": k,
         "k": full.k_,
@@ -447,7 +462,10 @@ def write_report(
         ]
         lines += [
             f"- all {len(s['gradient_free'])} gradient-free detectors from one shared pass: "
-            f"**{s['shared_all_free_x_forward']:.2f}×** one forward pass — the pass with every tap "
+            f"**{s['shared_all_free_x_forward']:.2f}×** one forward pass, "
+            f"**{s['shared_all_free_except_knn_search_x_forward']:.2f}×** without KNN's search "
+            "(target ≤ 1.3×) "
+            "— the pass with every tap "
             f"{s['shared_pass_x_forward']:.2f}×, then scoring from it: "
             + ", ".join(f"{n} {v:.2f}×" for n, v in s["score_from_shared_x_forward"].items() if v >= 0.01)
             + " (the others < 0.01× each)",
@@ -467,7 +485,8 @@ def write_report(
                 f"(2 × training features × live feature units) against {k['forward_mflops_per_image']:.1f} "
                 f"MFLOP for the model's forward pass (achieved: search {k['search_gflops']:.0f} GFLOPS, "
                 f"forward {k['forward_gflops']:.0f} GFLOPS, with top-k and the exact re-check inside "
-                "the search's time): a fixed cost no sharing removes. With the opt-in "
+                f"the search's time): **{k['search_x_floor']:.2f}×** its floor (the same blocked matmul + "
+                "top-k, target ≤ 1.3×), a fixed cost no sharing removes. With the opt-in "
                 f"`knn subsample={k['subsample']} k={k['k_subsample']}` (a seeded {k['subsample']:.0%} of "
                 f"the training features, k scaled with it from {k['k']}) "
                 f"it scores at {k['subsample_score_x_forward']:.2f}× one forward pass and all gradient-free "

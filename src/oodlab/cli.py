@@ -200,6 +200,13 @@ def cli() -> None:
 @click.option(
     "--ood", "ood", multiple=True, metavar="NAME=DATA", help="With --model: an OOD test set. Repeatable."
 )
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda",
+    help="Where the networks train and run: auto is CUDA when PyTorch sees a GPU, else the CPU.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -224,6 +231,7 @@ def bench(
     id_spec: str | None,
     train_spec: str | None,
     ood: tuple[str, ...],
+    device: str,
 ) -> None:
     """Run detectors on benchmark suites (or, with --model, on your model and images) and write the results.
 
@@ -258,6 +266,9 @@ def bench(
         detector_params=_parse_params(params),
         select=detectors.strip() == "auto",
     )
+    from oodlab.device import resolve_device
+
+    resolved = resolve_device(device)  # a missing GPU is an error before anything runs
     t0 = time.perf_counter()
     rows, models = run_bench(
         cfg,
@@ -266,6 +277,7 @@ def bench(
         progress=not quiet,
         log=_log,
         feature_cache=not no_feature_cache,
+        device=str(resolved),
     )
     click.echo(console_report(rows, models))
     paths = write_report(out_dir, plots=not no_plots, log=_log)

@@ -375,6 +375,7 @@ def _run_group(
     progress: bool,
     log: Callable[[str], None],
     feature_cache: bool = True,
+    device: str = "cpu",
 ) -> None:
     """Compute the cells of ``detector_names`` on one suite and seed (one data build).
 
@@ -407,7 +408,9 @@ def _run_group(
             label = net.describe()
             log(f"{tag} network {label}: {len(data.id_train)} training images")
             on_start(f"network of {', '.join(d.name for d in dets)}")
-            model, meta = make_network(net, data.id_train, progress=progress, log=lambda m: log(f"{tag} {m}"))
+            model, meta = make_network(
+                net, data.id_train, progress=progress, log=lambda m: log(f"{tag} {m}"), device=device
+            )
             how = "loaded from cache" if meta["cached"] else "trained"
             log(f"{tag} network {how}: {meta['checkpoints'][0]}")
             shared = [d for d in dets if d.capabilities.shared_pass]
@@ -470,6 +473,7 @@ def run_suite(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every detector of ``cfg`` on one suite and seed, in memory (nothing written).
 
@@ -492,6 +496,7 @@ def run_suite(
         on_cell=keep,
         progress=progress,
         log=log,
+        device=device,
     )
     return rows, info
 
@@ -518,8 +523,12 @@ def run_bench(
     progress: bool = True,
     log: Callable[[str], None] = print,
     feature_cache: bool = True,
+    device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run ``cfg``; every row carries the run's configuration under ``"config"``.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``: :func:`oodlab.device.resolve_device`) is where the
+    networks train and run; each model's ``checkpoint`` in the results names a CUDA-trained one.
 
     With ``feature_cache``, logits and vector taps are kept on disk (``$OODLAB_CACHE/features``)
     keyed by the model's and the images' content hashes, and reused by later runs.
@@ -618,6 +627,7 @@ def run_bench(
                 progress=progress,
                 log=say,
                 feature_cache=feature_cache,
+                device=device,
             )
     finally:
         bar.close()

@@ -209,9 +209,17 @@ class Detector:
         if not hasattr(self, "model_"):
             raise NotFittedError(f"detector {self.name!r} is not fitted; call fit(model, id_train) first")
 
+    def _check_model(self) -> None:
+        self._check_fitted()
+        if self.model_ is None:
+            raise OodlabError(
+                f"detector {self.name!r} was fitted from features (fit_features) and has no model: "
+                "score features with score_features(), or fit(model, id_train) to score images"
+            )
+
     def score(self, x: Tensor) -> Tensor:
         """Scores ``(N,)`` float64 for raw images ``x`` ``(N, C, H, W)`` in [0, 1]; higher = more ID."""
-        self._check_fitted()
+        self._check_model()
         if not isinstance(x, Tensor):
             raise OodlabError(f"detector {self.name!r}: expected a torch.Tensor, got {type(x).__name__}")
         if hasattr(self.model_, "check_input"):
@@ -240,7 +248,7 @@ class Detector:
 
     def score_set(self, images: ImageSet) -> Tensor:
         """Scores for a whole :class:`ImageSet`, through the shared outputs cache where possible."""
-        self._check_fitted()
+        self._check_model()
         if self.capabilities.own_forward:
             return self.score(images.tensor())
         return self.score_outputs(features.outputs(self.model_, images, self.required_taps(self.model_)))

@@ -22,6 +22,7 @@ from oodlab.detectors._ensemble import (
     per_instance,
     sign_step,
 )
+from oodlab.detectors._features import ROWS, FeatureFitted, check_features
 from oodlab.detectors._registry import register_detector
 from oodlab.detectors._tuning import tune_single_score
 from oodlab.detectors.base import INPUT_GRADIENT, SHARED_PASS, TAPS, Capabilities, Detector
@@ -46,23 +47,40 @@ def pool(t: Tensor) -> Tensor:
     return features.spatial_mean(t)
 
 
-def class_gaussians(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+def class_gaussians(feats: Tensor, labels: Tensor, rows: int = ROWS) -> tuple[Tensor, Tensor, list[int]]:
     """Class means and the tied covariance of the class-centred features, in float64.
 
     ``cov = (1/N) Σ_i (z_i − z̄)(z_i − z̄)ᵀ`` with ``z_i = F_i − μ_{y_i}`` (``z̄`` is 0 up to
     rounding); this is what the reference's ``sklearn.covariance.EmpiricalCovariance`` gives.
+    More than ``rows`` features are walked once in blocks of that many (class sums and
+    ``XᵀX``, then ``cov = (XᵀX − Σ_c n_c μ_c μ_cᵀ) / N``, the same matrix up to float64
+    rounding), so a bank of a million is never copied to float64 whole.
 
     Returns:
         ``means`` ``(K, D)`` for the ``K`` classes present (sorted), ``cov`` ``(D, D)``, and
         the class labels.
     """
-    x = feats.to(torch.float64).reshape(len(feats), -1)
+    flat = feats.reshape(len(feats), -1)
     classes = sorted(int(c) for c in torch.unique(labels))
-    means = torch.stack([x[labels == c].mean(0) for c in classes])
     index = torch.searchsorted(torch.tensor(classes), labels)
-    z = x - means[index]
-    z = z - z.mean(0)
-    return means, z.T @ z / len(z), classes
+    if len(flat) <= rows:
+        x = flat.to(torch.float64)
+        means = torch.stack([x[labels == c].mean(0) for c in classes])
+        z = x - means[index]
+        z = z - z.mean(0)
+        return means, z.T @ z / len(z), classes
+    n, d = flat.shape
+    # one pass: class sums and the raw second moment, then cov = (XᵀX − Σ_c n_c μ_c μ_cᵀ) / N
+    sums = torch.zeros(len(classes), d, dtype=torch.float64)
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, n, rows):
+        x = flat[start : start + rows].to(torch.float64)
+        sums.index_add_(0, index[start : start + rows], x)
+        gram += x.T @ x
+    counts = torch.bincount(index, minlength=len(classes)).to(torch.float64)
+    means = sums / counts.unsqueeze(1)
+    between = (means * counts.unsqueeze(1)).T @ means
+    return means, (gram - between) / n, classes
 
 
 def precision_of(cov: Tensor) -> Tensor:
@@ -251,7 +269,7 @@ class _MahalanobisBase(Detector):
 
 
 @register_detector("mahalanobis")
-class Mahalanobis(_MahalanobisBase):
+class Mahalanobis(FeatureFitted, _MahalanobisBase):
     """Mahalanobis distance to the closest class, at one tap, with optional input preprocessing.
 
     ``score(x) = max_c −½ (F(x̃) − μ_c)ᵀ P (F(x̃) − μ_c)``, where ``F`` is the tap's features
@@ -282,6 +300,8 @@ class Mahalanobis(_MahalanobisBase):
     Example:
         >>> det = create_detector("mahalanobis").fit(model, id_train, id_val=v, ood_val=o)  # doctest: +SKIP
         >>> det.tuning()["chosen"], det.score(x)  # doctest: +SKIP
+        >>> det = create_detector("mahalanobis", noise=0.0).fit_features(bank, labels)  # doctest: +SKIP
+        >>> det.score_features(query_features)  # doctest: +SKIP
     """
 
     quick_params = {"grid": (0.0, 0.002)}
@@ -321,6 +341,42 @@ class Mahalanobis(_MahalanobisBase):
 
     def _score_inputs(self, x: Tensor) -> Tensor:
         return self._per_tap_from_inputs(x)[:, 0]
+
+    def fit_features(self, train_features: Tensor, labels: Tensor) -> Mahalanobis:
+        """Fit the class Gaussians from precomputed ID training features ``(N, D)`` and labels.
+
+        No model, so no input preprocessing: ``noise`` must be 0 (or ``None``, which means 0
+        here). The features are walked in blocks (:func:`class_gaussians`); the working memory
+        is a few blocks and the ``D × D`` matrices, whatever ``N``. Score with
+        :meth:`score_features`.
+
+        Returns:
+            ``self``.
+        """
+        self._start_feature_fit()
+        feats = check_features(self.name, train_features, "train_features")
+        if self.noise not in (None, 0, 0.0):
+            raise OodlabError(
+                f"detector {self.name!r}: fit_features has no model to preprocess inputs with; "
+                f"use noise=0, got noise={self.noise}"
+            )
+        labels = torch.as_tensor(labels).reshape(-1)
+        if len(labels) != len(feats):
+            raise OodlabError(
+                f"detector {self.name!r}: {len(feats)} features but {len(labels)} labels; give one label each"
+            )
+        means, cov, classes = class_gaussians(feats, labels.to(torch.int64))
+        if not torch.isfinite(cov).all():
+            raise OodlabError(
+                f"detector {self.name!r}: the features' covariance is not finite (inf/NaN input)"
+            )
+        self.means_, self.precision_ = means, precision_of(cov)
+        self.classes_ = classes
+        self.noise_ = 0.0
+        return self
+
+    def _score_features(self, feats: Tensor) -> Tensor:
+        return mahalanobis_score(feats, self.means_, self.precision_)
 
 
 @register_detector("mahalanobis-ensemble")

@@ -240,8 +240,10 @@ def make_network(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load or train every member of ``net`` on ``data`` (each cached on its own).
+    """Load or train every member of ``net`` on ``data`` (each cached on its own), on ``device``
+    (:func:`oodlab.device.resolve_device`; ``None``: the CPU).
 
     Returns:
         The network (the model itself, or an :class:`~oodlab.models.ensemble.EnsembleModel`
@@ -252,7 +254,7 @@ def make_network(
     models: list[nn.Module] = []
     metas: list[dict[str, Any]] = []
     for i, cfg in enumerate(net.members):
-        model, meta = fit_or_load(cfg, data, checkpoint_dir=checkpoint_dir, progress=progress)
+        model, meta = fit_or_load(cfg, data, checkpoint_dir=checkpoint_dir, progress=progress, device=device)
         if log is not None and len(net.members) > 1:
             log(f"member {i + 1}/{len(net.members)} {'loaded from cache' if meta['cached'] else 'trained'}")
         models.append(model)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from oodlab.data.imageset import ImageSet
 from oodlab.data.sources import cache_dir
+from oodlab.device import resolve_device
 from oodlab.errors import OodlabError
 from oodlab.models import TappedModel, create_model
 from oodlab.models._registry import model_definition
@@ -171,6 +172,7 @@ def train(
     aux: ImageSet | None = None,
     init: TappedModel | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> tuple[TappedModel, dict[str, Any]]:
     """Train a classifier on ``data`` with ``cfg``'s objective.
 
@@ -184,6 +186,8 @@ def train(
             ``cfg.aux_batch_size`` of them (with replacement) beside the ID batch.
         init: Start from a copy of this network's weights (fine-tuning); it is not modified.
         progress: Show a progress bar.
+        device: Where to train (:func:`oodlab.device.resolve_device`; ``None``: the CPU); the
+            model is returned there.
 
     Returns:
         The model in eval mode, and a dict of training statistics.
@@ -197,9 +201,11 @@ def train(
         check_aux_set(aux, data.shape)
     num_classes = int(data.y.max()) + 1
     torch.manual_seed(cfg.seed)
+    dev = resolve_device(device)
     model = build_model(cfg, num_classes, data.shape)
     if init is not None:
         model.load_state_dict(init.state_dict(), strict=True)
+    model.to(dev)
     x_all, y_all = data.tensor(), data.labels()
     x_aux = aux.tensor() if objective.uses_aux and aux is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -208,7 +214,7 @@ def train(
     aux_batch = cfg.aux_batch_size or cfg.batch_size
     model.eval()
     probe = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + 2))[:5000]
-    settled = objective.prepare(model, x_all[probe], None if x_aux is None else x_aux[:5000])
+    settled = objective.prepare(model, x_all[probe].to(dev), None if x_aux is None else x_aux[:5000].to(dev))
     opt = _optimizer(cfg, model.parameters())
     base_lrs = [g["lr"] for g in opt.param_groups]
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -230,12 +236,12 @@ def train(
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = lr * _lr_factor(cfg, step, steps_per_epoch)
-            xb = x_all[idx].contiguous(memory_format=torch.channels_last)
+            xb = x_all[idx].to(dev).contiguous(memory_format=torch.channels_last)
             ab = None
             if x_aux is not None:
                 pick = torch.randint(len(x_aux), (aux_batch,), generator=gen_aux)
-                ab = x_aux[pick].contiguous(memory_format=torch.channels_last)
-            loss = objective.loss(model, xb, y_all[idx], ab)
+                ab = x_aux[pick].to(dev).contiguous(memory_format=torch.channels_last)
+            loss = objective.loss(model, xb, y_all[idx].to(dev), ab)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -263,8 +269,13 @@ def fit_or_load(
     aux: ImageSet | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> tuple[TappedModel, dict[str, Any]]:
     """Load the cached checkpoint for (``cfg``, ``data``) if there is one, else train and cache it.
+
+    ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``; ``None``: the CPU) is where the model trains
+    and is returned. A model trained on CUDA has other weights than one trained on the CPU, so
+    it is cached under its own name (``…-cuda.safetensors``).
 
     A fine-tuning recipe (``cfg.init_from``) first loads or trains its base network the same
     way. The auxiliary outliers are ``aux`` if given, else ``cfg.n_aux`` images of the named
@@ -283,7 +294,8 @@ def fit_or_load(
     else:
         aux = None
     key = cfg.key(data.fingerprint, None if aux is None else aux.fingerprint)
-    path = directory / f"{cfg.model}-{key}.safetensors"
+    dev = resolve_device(device)
+    path = directory / f"{cfg.model}-{key}{'-cuda' if dev.type == 'cuda' else ''}.safetensors"
     definition = model_definition(cfg.model)
     # The key keeps its old form (cached checkpoints stay valid); the network's definition is
     # checked against the one recorded beside the weights, so an edited model class retrains
@@ -292,13 +304,15 @@ def fit_or_load(
         meta = load_checkpoint_meta(path)
         model = build_model(cfg, int(meta["stats"]["num_classes"]), data.shape)
         load_checkpoint(model, path)
-        model.eval()
+        model.to(dev).eval()
         return model, {**meta, "cached": True, "path": str(path)}
     base = None
     base_meta: dict[str, Any] | None = None
     if cfg.init_from is not None:
-        base, base_meta = fit_or_load(cfg.init_from, data, checkpoint_dir=directory, progress=progress)
-    model, stats = train(cfg, data, aux=aux, init=base, progress=progress)
+        base, base_meta = fit_or_load(
+            cfg.init_from, data, checkpoint_dir=directory, progress=progress, device=dev
+        )
+    model, stats = train(cfg, data, aux=aux, init=base, progress=progress, device=dev)
     meta: dict[str, Any] = {
         "config": cfg.to_dict(),
         "data": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data)},
