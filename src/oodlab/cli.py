@@ -192,6 +192,29 @@ def cli() -> None:
     is_flag=True,
     help="Do not read or write the on-disk cache of model outputs ($OODLAB_CACHE/features).",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["in-process", "ray"]),
+    default="in-process",
+    show_default=True,
+    help="Where trainings and cells run: in this process, or as Ray tasks (extra oodlab[ray]) on "
+    "the cluster at --address, or on a local Ray runtime that starts and stops with the run.",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help="With --executor ray: the head node of a running Ray cluster (`ray start --head`).",
+)
+@click.option(
+    "--resources",
+    "resources",
+    multiple=True,
+    metavar="KIND=cpus:N[,gpus:G]",
+    help="With --executor ray: what one task asks for, KIND train (make a network) or score (fit "
+    "and score one cell); torch runs with N threads in it. Default: cpus = this process's torch "
+    "threads, which keeps results identical to --executor in-process. Repeatable.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench(
     suites: tuple[str, ...],
@@ -210,6 +233,9 @@ def bench(
     params: tuple[str, ...],
     no_plots: bool,
     no_feature_cache: bool,
+    executor: str,
+    address: str | None,
+    resources: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Run detectors on benchmark suites and write the results.
@@ -222,6 +248,7 @@ def bench(
     detectors.
     """
     from oodlab.bench import BenchConfig, resolve_detectors, run_bench
+    from oodlab.bench.executors import create_executor
     from oodlab.bench.report import console_report, write_report
 
     suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
@@ -239,6 +266,7 @@ def bench(
         detector_params=_parse_params(params),
         select=detectors.strip() == "auto",
     )
+    runner = create_executor(executor, address, resources)
     t0 = time.perf_counter()
     rows, models = run_bench(
         cfg,
@@ -247,6 +275,7 @@ def bench(
         progress=not quiet,
         log=_log,
         feature_cache=not no_feature_cache,
+        executor=runner,
     )
     click.echo(console_report(rows, models))
     paths = write_report(out_dir, plots=not no_plots, log=_log)
