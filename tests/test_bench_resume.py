@@ -106,8 +106,48 @@ def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def install_tiny_suites_here() -> None:
+    """Register the tiny suites in this process (a Ray worker's setup hook: workers see no monkeypatch).
+
+    With ``OODLAB_TEST_CELL_DELAY`` set, every cell task also sleeps that long first, so that a
+    test can kill the worker running it.
+    """
+    install_tiny_suites(setattr, lambda d, k, v: d.__setitem__(k, v))
+    delay = float(os.environ.get("OODLAB_TEST_CELL_DELAY", "0"))
+    if delay:
+        from oodlab.bench import runner
+
+        run_cell = runner.run_cell
+
+        def slow_cell(*a: Any, **kw: Any) -> Any:
+            time.sleep(delay)
+            return run_cell(*a, **kw)
+
+        runner.run_cell = slow_cell  # type: ignore[assignment]
+
+
+def tiny_ray_env(cache: Path, cell_delay: float = 0.0) -> dict[str, Any]:
+    """Ray's runtime environment for runs on the tiny suites: every worker registers them first
+    and keeps its checkpoints and model outputs in ``cache``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "OODLAB_CACHE": str(cache), "OODLAB_TEST_CELL_DELAY": str(cell_delay)}
+    return {"worker_process_setup_hook": "tests.test_bench_resume.install_tiny_suites_here", "env_vars": env}
+
+
 def _subprocess_main() -> None:
     install_tiny_suites(setattr, lambda d, k, v: d.__setitem__(k, v))
+    if "--executor" in sys.argv:  # Ray workers register the tiny suites too, and share OODLAB_CACHE
+        from oodlab.bench import executors
+
+        create = executors.create_executor
+
+        def create_for_tiny(*args: Any) -> Any:
+            executor = create(*args)
+            if isinstance(executor, executors.RayExecutor):
+                executor.runtime_env = tiny_ray_env(Path(os.environ["OODLAB_CACHE"]))
+            return executor
+
+        executors.create_executor = create_for_tiny
     delay = float(os.environ.get("OODLAB_TEST_CELL_DELAY", "0"))
     if delay:  # slow each cell down so that a test can kill the run between cells
         from oodlab.bench.cells import CellStore
@@ -148,6 +188,25 @@ def _finished(out: Path) -> dict[str, tuple[int, int, int, int]]:
     return found
 
 
+def kill_after_first_cell(
+    args: list[str], cache: Path, out: Path, n_cells: int, timeout: float = 180.0
+) -> dict[str, tuple[int, int, int, int]]:
+    """Run ``oodlab ARGS`` (cells written slowly), SIGKILL it at a random point after its first
+    cell file appears, and return the finished cells (between one and all but one)."""
+    proc = _spawn(args, cache, delay=0.4)
+    deadline = time.monotonic() + timeout
+    while not list((out / "cells").rglob("*.json")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no cell was written in {timeout:.0f} s"
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.6))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    finished = _finished(out)
+    assert 1 <= len(finished) < n_cells, "kill the run between its first and its last cell"
+    return finished
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_losing_or_redoing_cells(tiny: Path, tmp_path: Path) -> None:
     # The reference: one uninterrupted run.
@@ -158,17 +217,7 @@ def test_killed_run_resumes_without_losing_or_redoing_cells(tiny: Path, tmp_path
 
     # A run killed with SIGKILL at a random point after its first cell file appears.
     out = tmp_path / "out"
-    proc = _spawn([*ARGS, "--out", str(out), "--quiet", "--no-plots"], tiny, delay=0.4)
-    deadline = time.monotonic() + 120
-    while not list((out / "cells").rglob("*.json")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no cell was written in 120 s"
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.6))
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    finished = _finished(out)
-    assert 1 <= len(finished) < N_CELLS, "kill the run between its first and its last cell"
+    finished = kill_after_first_cell([*ARGS, "--out", str(out), "--quiet", "--no-plots"], tiny, out, N_CELLS)
     assert not (out / "results.json").exists()
 
     # Restarted with the same arguments: the finished cells are reused, untouched; the rest computed.

@@ -187,6 +187,29 @@ def cli() -> None:
     is_flag=True,
     help="Do not read or write the on-disk cache of model outputs ($OODLAB_CACHE/features).",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["in-process", "ray"]),
+    default="in-process",
+    show_default=True,
+    help="Where trainings and cells run: in this process, or as Ray tasks (extra oodlab[ray]) on "
+    "the cluster at --address, or on a local Ray runtime that starts and stops with the run.",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help="With --executor ray: the head node of a running Ray cluster (`ray start --head`).",
+)
+@click.option(
+    "--resources",
+    "resources",
+    multiple=True,
+    metavar="KIND=cpus:N[,gpus:G]",
+    help="With --executor ray: what one task asks for, KIND train (make a network) or score (fit "
+    "and score one cell); torch runs with N threads in it. Default: cpus = this process's torch "
+    "threads, which keeps results identical to --executor in-process. Repeatable.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @model_options
 @click.option("--id", "id_spec", default=None, metavar="DATA", help="With --model: ID test images.")
@@ -226,6 +249,9 @@ def bench(
     params: tuple[str, ...],
     no_plots: bool,
     no_feature_cache: bool,
+    executor: str,
+    address: str | None,
+    resources: tuple[str, ...],
     quiet: bool,
     model_args: ModelArgs,
     id_spec: str | None,
@@ -249,6 +275,7 @@ def bench(
         args = (model_args, id_spec, train_spec, ood, detectors, seed0, accept_rate)
         return bench_user_model(*args, out_dir if explicit else None)
     from oodlab.bench import BenchConfig, resolve_detectors, run_bench
+    from oodlab.bench.executors import create_executor
     from oodlab.bench.report import console_report, write_report
 
     suite_names, seed_list = _suite_and_seed_lists(suites, seed, seeds)
@@ -269,6 +296,7 @@ def bench(
     from oodlab.device import resolve_device
 
     resolved = resolve_device(device)  # a missing GPU is an error before anything runs
+    runner = create_executor(executor, address, resources)
     t0 = time.perf_counter()
     rows, models = run_bench(
         cfg,
@@ -278,6 +306,7 @@ def bench(
         log=_log,
         feature_cache=not no_feature_cache,
         device=str(resolved),
+        executor=runner,
     )
     click.echo(console_report(rows, models))
     paths = write_report(out_dir, plots=not no_plots, log=_log)

@@ -8,6 +8,7 @@ with the same configuration reuses the finished cells and computes only the rest
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import sys
@@ -33,6 +34,7 @@ from oodlab.bench.cells import (
     stable_hash,
     start_run_dir,
 )
+from oodlab.bench.executors import Executor, InProcessExecutor, describe_executor
 from oodlab.bench.selection import AUTO
 from oodlab.bench.suites import (
     DEFAULT_SUITES,
@@ -359,111 +361,200 @@ def _run_detector(
     return rows, scores
 
 
-CellCallback = Callable[
-    [str, list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]], None
-]
+@dataclass(frozen=True)
+class NetworkJob:
+    """One network to make for a suite and seed, and the cells that score with it.
+
+    The grid of a run is a list of these: an executor makes each job's network (a *network
+    task*: train or load it, then the shared forward passes) and then runs each of its cells (a
+    *cell task*: fit and score one detector on that network). ``after`` names the jobs whose
+    network this one starts from (a fine-tuning base, an ensemble's first member): an executor
+    that runs jobs side by side starts this one when those are made, so each checkpoint is
+    trained once.
+    """
+
+    suite: str
+    seed: int
+    network: Network
+    cells: tuple[CellSpec, ...]
+    after: tuple[int, ...] = ()
+
+    @property
+    def tag(self) -> str:
+        return f"[{self.suite} seed {self.seed}]"
 
 
-def _run_group(
-    cfg: BenchConfig,
-    suite_name: str,
-    seed: int,
-    detector_names: list[str],
-    *,
-    on_start: Callable[[str], None],
-    on_cell: CellCallback,
-    progress: bool,
-    log: Callable[[str], None],
-    feature_cache: bool = True,
-    device: str = "cpu",
-) -> None:
-    """Compute the cells of ``detector_names`` on one suite and seed (one data build).
+@dataclass
+class BuiltNetwork:
+    """A made network: the model in eval mode and its summary (each cell's ``model``)."""
+
+    model: torch.nn.Module
+    info: dict[str, Any]
+
+
+def plan_jobs(cfg: BenchConfig, cells: list[CellSpec]) -> list[NetworkJob]:
+    """Group ``cells`` by the network they score: one job per (suite, seed, network), in order.
 
     Each detector scores the network it names (:meth:`Detector.network`): post-hoc detectors
-    the suite's own, methods that train their fine-tuned network or ensemble. Every network
-    is trained or loaded once (each checkpoint cached on its own), and shared-pass detectors
-    of one network read one forward pass per image set.
+    the suite's own, methods that train their fine-tuned network or ensemble.
     """
+    groups: dict[tuple[str, int, str], tuple[Network, list[CellSpec]]] = {}
+    for spec in cells:
+        recipe = dataclasses.replace(cfg.suite(spec.suite).train, seed=spec.seed)
+        net = cfg.make_detector(spec.detector).network(recipe)
+        key = (spec.suite, spec.seed, stable_hash(net.identity(), 24))
+        groups.setdefault(key, (net, []))[1].append(spec)
+    jobs = [NetworkJob(s, seed, net, tuple(specs)) for (s, seed, _), (net, specs) in groups.items()]
+    made = {
+        (j.suite, j.seed, stable_hash(j.network.members[0].identity())): i
+        for i, j in enumerate(jobs)
+        if len(j.network.members) == 1
+    }
+
+    def starts_from(job: NetworkJob) -> set[int]:
+        found = set()
+        for member in job.network.members:
+            cfg_: Any = member
+            while cfg_ is not None:
+                i = made.get((job.suite, job.seed, stable_hash(cfg_.identity())))
+                if i is not None and jobs[i] is not job:
+                    found.add(i)
+                cfg_ = cfg_.init_from
+        return found
+
+    return [dataclasses.replace(j, after=tuple(sorted(starts_from(j)))) for j in jobs]
+
+
+#: The data and model-output cache of the (suite, seed) this process worked on last: consecutive
+#: tasks of one suite and seed (every cell of a job, in-process) build the data once and share
+#: one forward pass per image set. ``release_workspace`` frees it.
+_workspace: dict[str, tuple[str, SuiteData, OutputsCache]] = {}
+
+
+def _suite_data(
+    cfg: BenchConfig, suite_name: str, seed: int, feature_cache: bool
+) -> tuple[SuiteData, OutputsCache]:
+    """The data of one suite and seed and its outputs cache, kept for the next task of the same."""
     suite = cfg.suite(suite_name)
-    mixtures = cfg.mixture_specs()
-    tag = f"[{suite_name} seed {seed}]"
-    on_start("data")
-    data = build_suite(suite, seed, cfg.protocol, {k: Path(v) for k, v in cfg.extra_ood.items()}, mixtures)
-    recipe = dataclasses.replace(suite.train, seed=seed)
-    detectors = [cfg.make_detector(n) for n in detector_names]
-    # Each cell is named as its detector was spelled (a variant: "knn:k=50").
-    cell_names = {id(d): n for d, n in zip(detectors, detector_names, strict=True)}
-    by_network: dict[str, tuple[Network, list[Detector]]] = {}
-    for det in detectors:
-        net = det.network(recipe)
-        by_network.setdefault(stable_hash(net.identity(), 24), (net, []))[1].append(det)
-    kinds = _ood_kinds(suite, mixtures)
-    # A cache of this group's own, with room for every set of one network, and (unless
-    # disabled) the on-disk cache so that a later run with the same model and data skips the
-    # forward passes. Stochastic detectors never read it (they run the model themselves).
+    extra = {k: Path(v) for k, v in cfg.extra_ood.items()}
+    what = [dataclasses.asdict(suite), seed, cfg.protocol, cfg.extra_ood, cfg.mixtures, feature_cache]
+    key = stable_hash(what)
+    held = _workspace.get("current")
+    if held is not None and held[0] == key:
+        return held[1], held[2]
+    release_workspace()
+    data = build_suite(suite, seed, cfg.protocol, extra, cfg.mixture_specs())
+    # A cache with room for every set of one network, and (unless disabled) the on-disk cache
+    # so that a later run with the same model and data skips the forward passes. Stochastic
+    # detectors never read it (they run the model themselves).
     n_sets = 4 + len(data.ood_tests) + 2 * len(data.paper_val)
     disk = cache_dir() / "features" if feature_cache else None
-    with features.using_cache(OutputsCache(max_entries=n_sets + 8, disk_dir=disk)):
-        for net, dets in by_network.values():
-            label = net.describe()
-            log(f"{tag} network {label}: {len(data.id_train)} training images")
-            on_start(f"network of {', '.join(d.name for d in dets)}")
-            model, meta = make_network(
-                net, data.id_train, progress=progress, log=lambda m: log(f"{tag} {m}"), device=device
-            )
-            how = "loaded from cache" if meta["cached"] else "trained"
-            log(f"{tag} network {how}: {meta['checkpoints'][0]}")
-            shared = [d for d in dets if d.capabilities.shared_pass]
-            # One forward pass per image set, with every tap a shared-pass detector reads (on
-            # the training set only the taps fitting reads, and only if some detector fits there).
-            taps = features.unique_specs(t for d in shared for t in d.required_taps(model))
-            train_taps = features.unique_specs(t for d in shared for t in d.train_taps(model))
-            sets: list[ImageSet] = []
-            if shared:
-                sets = [data.id_train] if train_taps else []
-                sets += [data.id_test, *data.ood_tests.values()]
-                sets += [
-                    s
-                    for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values()))
-                    for s in pair
-                ]
-            on_start("features")
-            for s in sets:
-                features.outputs(model, s, train_taps if s is data.id_train else taps)
-            id_accuracy = classification_accuracy(
-                features.outputs(model, data.id_test).logits, data.id_test.y
-            )
-            # The held-out training images: what a user may choose a network by (the test split never).
-            id_val_accuracy = classification_accuracy(
-                features.outputs(model, data.id_val).logits, data.id_val.y
-            )
-            log(f"{tag} ID accuracy: test {100 * id_accuracy:.2f}%, validation {100 * id_val_accuracy:.2f}%")
-            model_info = {
-                "suite": suite_name,
-                "seed": seed,
-                "id_accuracy": id_accuracy,
-                "id_val_accuracy": id_val_accuracy,
-                "checkpoint": meta["checkpoints"][0],
-                "recipe": net.members[0].to_dict(),
-                "cached": meta["cached"],
-                "stats": {"train_seconds": meta["train_seconds"]},
-            }
-            if any(d.capabilities.trains for d in dets):
-                model_info["network"] = {k: v for k, v in meta.items() if k != "cached"}
-            for det in dets:
-                cell = cell_names[id(det)]
-                on_start(cell)
-                # Each cell draws its own random numbers: its numbers do not depend on which other
-                # cells this process computed before it (so a resumed run equals an uninterrupted one).
-                torch.manual_seed(seed)
-                rows, scores = _run_detector(cfg, det, model, data, id_accuracy, kinds)
-                for r in rows:
-                    r["detector"] = cell
-                    if "network" in model_info:
-                        r["network"] = model_info["network"]
-                shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
-                log(f"{tag} {cell}: {shown}{', …' if len(rows) > 6 else ''}")
-                on_cell(cell, rows, model_info, scores)
+    cache = OutputsCache(max_entries=n_sets + 8, disk_dir=disk)
+    _workspace["current"] = (key, data, cache)
+    return data, cache
+
+
+def release_workspace() -> None:
+    """Forget the data and model outputs kept for the last (suite, seed)."""
+    _workspace.clear()
+
+
+def make_job_network(
+    cfg: BenchConfig,
+    job: NetworkJob,
+    *,
+    log: Callable[[str], None],
+    progress: bool = False,
+    feature_cache: bool = True,
+    on_start: Callable[[str], None] = lambda _: None,
+    device: str = "cpu",
+) -> BuiltNetwork:
+    """The network task: train or load ``job``'s network and run its shared forward passes.
+
+    Every network is trained or loaded once (each checkpoint cached on its own), and the
+    shared-pass detectors of one network read one forward pass per image set.
+    """
+    tag = job.tag
+    on_start("data")
+    data, cache = _suite_data(cfg, job.suite, job.seed, feature_cache)
+    net = job.network
+    dets = [cfg.make_detector(c.detector) for c in job.cells]
+    with features.using_cache(cache):
+        log(f"{tag} network {net.describe()}: {len(data.id_train)} training images")
+        on_start(f"network of {', '.join(d.name for d in dets)}")
+        model, meta = make_network(
+            net, data.id_train, progress=progress, log=lambda m: log(f"{tag} {m}"), device=device
+        )
+        how = "loaded from cache" if meta["cached"] else "trained"
+        log(f"{tag} network {how}: {meta['checkpoints'][0]}")
+        shared = [d for d in dets if d.capabilities.shared_pass]
+        # One forward pass per image set, with every tap a shared-pass detector reads (on
+        # the training set only the taps fitting reads, and only if some detector fits there).
+        taps = features.unique_specs(t for d in shared for t in d.required_taps(model))
+        train_taps = features.unique_specs(t for d in shared for t in d.train_taps(model))
+        sets: list[ImageSet] = []
+        if shared:
+            sets = [data.id_train] if train_taps else []
+            sets += [data.id_test, *data.ood_tests.values()]
+            sets += [
+                s for pair in ([(data.id_val, data.ood_val)] + list(data.paper_val.values())) for s in pair
+            ]
+        on_start("features")
+        for s in sets:
+            features.outputs(model, s, train_taps if s is data.id_train else taps)
+        id_accuracy = classification_accuracy(features.outputs(model, data.id_test).logits, data.id_test.y)
+        # The held-out training images: what a user may choose a network by (the test split never).
+        id_val_accuracy = classification_accuracy(features.outputs(model, data.id_val).logits, data.id_val.y)
+    log(f"{tag} ID accuracy: test {100 * id_accuracy:.2f}%, validation {100 * id_val_accuracy:.2f}%")
+    model_info = {
+        "suite": job.suite,
+        "seed": job.seed,
+        "id_accuracy": id_accuracy,
+        "id_val_accuracy": id_val_accuracy,
+        "checkpoint": meta["checkpoints"][0],
+        "recipe": net.members[0].to_dict(),
+        "cached": meta["cached"],
+        "stats": {"train_seconds": meta["train_seconds"]},
+    }
+    if any(d.capabilities.trains for d in dets):
+        model_info["network"] = {k: v for k, v in meta.items() if k != "cached"}
+    return BuiltNetwork(model, model_info)
+
+
+CellResult = tuple[list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def run_cell(
+    cfg: BenchConfig,
+    job: NetworkJob,
+    spec: CellSpec,
+    built: BuiltNetwork,
+    *,
+    log: Callable[[str], None],
+    feature_cache: bool = True,
+    on_start: Callable[[str], None] = lambda _: None,
+) -> CellResult:
+    """The cell task: fit and score detector ``spec.detector`` on ``job``'s made network.
+
+    Returns:
+        The cell's rows, its model summary and its scores (``{ood: (ID scores, OOD scores)}``).
+    """
+    data, cache = _suite_data(cfg, spec.suite, spec.seed, feature_cache)
+    det = cfg.make_detector(spec.detector)
+    on_start(spec.detector)
+    with features.using_cache(cache):
+        # Each cell draws its own random numbers: its numbers do not depend on which other
+        # cells this process computed before it (so a resumed run equals an uninterrupted one).
+        torch.manual_seed(spec.seed)
+        kinds = _ood_kinds(cfg.suite(spec.suite), cfg.mixture_specs())
+        rows, scores = _run_detector(cfg, det, built.model, data, built.info["id_accuracy"], kinds)
+    for r in rows:
+        r["detector"] = spec.detector  # each cell is named as its detector was spelled ("knn:k=50")
+        if "network" in built.info:
+            r["network"] = built.info["network"]
+    shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
+    log(f"{job.tag} {spec.detector}: {shown}{', …' if len(rows) > 6 else ''}")
+    return rows, built.info, scores
 
 
 def run_suite(
@@ -483,21 +574,22 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
 
-    def keep(name: str, r: list[dict[str, Any]], m: dict[str, Any], _: Any) -> None:
-        rows.extend(r)
-        info.update(m)
+    def keep(job: NetworkJob, spec: CellSpec, result: CellResult) -> None:
+        rows.extend(result[0])
+        info.update(result[1])
 
-    _run_group(
-        cfg,
-        suite_name,
-        seed,
-        list(cfg.detectors),
-        on_start=lambda _: None,
-        on_cell=keep,
-        progress=progress,
-        log=log,
-        device=device,
-    )
+    cells = [CellSpec(suite_name, seed, d, "") for d in cfg.detectors]
+    try:
+        InProcessExecutor().run(
+            plan_jobs(cfg, cells),
+            functools.partial(make_job_network, cfg, progress=progress, device=device),
+            functools.partial(run_cell, cfg),
+            keep,
+            log=log,
+            on_start=lambda _: None,
+        )
+    finally:
+        release_workspace()
     return rows, info
 
 
@@ -523,12 +615,17 @@ def run_bench(
     progress: bool = True,
     log: Callable[[str], None] = print,
     feature_cache: bool = True,
+    executor: Executor | None = None,
     device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run ``cfg``; every row carries the run's configuration under ``"config"``.
 
     ``device`` (``auto``, ``cpu``, ``cuda``: :func:`oodlab.device.resolve_device`) is where the
     networks train and run; each model's ``checkpoint`` in the results names a CUDA-trained one.
+
+    ``executor`` runs the grid's network and cell tasks (:mod:`oodlab.bench.executors`; default:
+    in this process); it is started before anything is written, and this process alone writes
+    ``out_dir``.
 
     With ``feature_cache``, logits and vector taps are kept on disk (``$OODLAB_CACHE/features``)
     keyed by the model's and the images' content hashes, and reused by later runs.
@@ -540,11 +637,13 @@ def run_bench(
     Returns:
         The rows (one per suite × seed × detector × OOD set) and one model summary per suite × seed.
     """
+    executor = executor or InProcessExecutor()
     manifest = make_manifest(cfg)
+    manifest["environment"]["executor"] = describe_executor(executor)
     specs = [CellSpec.from_dict(c) for c in manifest["cells"]]
     store = CellStore(out_dir) if out_dir is not None else None
     # The folder is only written once the first cell is finished: a run refused before that
-    # (bad input, corrupt checkpoint) leaves it exactly as it was.
+    # (bad input, corrupt checkpoint, a Ray cluster that cannot be joined) leaves it exactly as it was.
     started = False
     if store is not None:
         resumed = started = check_run_dir(store.root, manifest, overwrite=overwrite)
@@ -590,47 +689,37 @@ def run_bench(
             with tqdm.external_write_mode(file=sys.stderr):
                 log(msg)
 
-    groups: dict[tuple[str, int], list[CellSpec]] = {}
-    for spec in todo:
-        groups.setdefault((spec.suite, spec.seed), []).append(spec)
+    def start(what: str) -> None:
+        bar.set_description_str(what)
+
+    def finish(job: NetworkJob, spec: CellSpec, result: CellResult) -> None:
+        nonlocal started
+        rows, model, scores = result
+        if store is not None:
+            if not started:
+                start_run_dir(store.root, manifest)
+                started = True
+            store.write(spec, rows, model, scores)
+        done[spec] = {"rows": rows, "model": model}
+        bar.update(1)
+
     try:
-        for (suite_name, seed), group in groups.items():
-            by_name = {s.detector: s for s in group}
-
-            def start(what: str, suite_name: str = suite_name, seed: int = seed) -> None:
-                bar.set_description_str(f"{suite_name} seed {seed}: {what}")
-
-            def finish(
-                name: str,
-                rows: list[dict[str, Any]],
-                model: dict[str, Any],
-                scores: dict[str, tuple[np.ndarray, np.ndarray]],
-                by_name: dict[str, CellSpec] = by_name,
-            ) -> None:
-                nonlocal started
-                spec = by_name[name]
-                if store is not None:
-                    if not started:
-                        start_run_dir(store.root, manifest)
-                        started = True
-                    store.write(spec, rows, model, scores)
-                done[spec] = {"rows": rows, "model": model}
-                bar.update(1)
-
-            _run_group(
-                cfg,
-                suite_name,
-                seed,
-                [s.detector for s in group],
-                on_start=start,
-                on_cell=finish,
-                progress=progress,
+        if todo:
+            executor.start()
+            executor.run(
+                plan_jobs(cfg, todo),
+                functools.partial(
+                    make_job_network, cfg, progress=progress, feature_cache=feature_cache, device=device
+                ),
+                functools.partial(run_cell, cfg, feature_cache=feature_cache),
+                finish,
                 log=say,
-                feature_cache=feature_cache,
-                device=device,
+                on_start=start,
             )
     finally:
         bar.close()
+        executor.close()
+        release_workspace()
     return assemble([done[s] for s in specs], manifest)
 
 
