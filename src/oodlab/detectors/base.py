@@ -268,6 +268,11 @@ class Detector:
             state.pop("model_", None)
         return state
 
+    def _set_fitted_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_fitted_state` returned (:func:`load_detector`)."""
+        for k, v in state.items():
+            setattr(self, k, v)
+
     def save(self, path: str | Path) -> None:
         """Write ``path.json`` (name, hyperparameters, small state) and ``path.safetensors`` (arrays).
 
@@ -318,10 +323,8 @@ def load_detector(path: str | Path, model: nn.Module | None = None) -> Detector:
     except (OSError, ValueError, KeyError) as e:
         raise OodlabError(f"cannot load detector from {path}: {e}") from None
     det = create_detector(meta["detector"], **meta["params"])
-    for k, v in meta["state"].items():
-        setattr(det, k, v)
-    for k in meta["arrays"]:
-        setattr(det, k, arrays[k])
+    state: dict[str, Any] = dict(meta["state"])
+    state.update({k: arrays[k] for k in meta["arrays"]})
     for k, spec in modules.items():
         module = build_from_spec(spec)
         prefix = f"{k}/"
@@ -331,7 +334,8 @@ def load_detector(path: str | Path, model: nn.Module | None = None) -> Detector:
             raise OodlabError(
                 f"cannot load detector from {path}: module {k}: {str(e).splitlines()[0]}"
             ) from None
-        setattr(det, k, module.eval())
+        state[k] = module.eval()
+    det._set_fitted_state(state)
     if model is not None:
         det.model_ = model
     elif not hasattr(det, "model_"):
