@@ -72,7 +72,11 @@ def _sets(data: Any) -> dict[str, Any]:
 
 
 def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None:
-    """Score every set with every post-hoc member and every (latent, level, distance) of one seed."""
+    """Score the four sets with each post-hoc member and each (latent, level, distance) of one seed.
+
+    Order: the first latent's autoencoder, ODIN, that autoencoder's distances, the other post-hoc
+    members, then the other latents; every stage is saved as soon as it finishes.
+    """
     suite = get_suite(SUITE)
     data = build_suite(suite, seed)
     recipe = replace(suite.train, seed=seed)
@@ -80,27 +84,30 @@ def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None
     t0 = time.perf_counter()
     base, meta = fit_or_load(recipe, data.id_train)
     log(f"seed {seed}: LeNet {'loaded' if meta['cached'] else 'trained'} ({time.perf_counter() - t0:.0f} s)")
-    path = out / f"scores-posthoc-seed{seed}.npz"
-    if not path.exists():
-        arrays = {}
-        for name in POST_HOC:
-            torch.manual_seed(seed)
-            det = create_detector(name).fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
-            for s, images in sets.items():
-                arrays[f"{name}/{s}"] = det.score_set(images).numpy()
-            log(f"seed {seed}: {name} scored ({det.tuning().get('chosen', {})})")
-        _save(path, arrays)
-    for latent in latents:
+
+    def network(latent: int) -> torch.nn.Module:
+        net, meta = make_network(create_detector("hscae", latent_dim=latent).network(recipe), data.id_train)
+        how = "loaded from cache" if meta["cached"] else "trained"
+        log(f"seed {seed}: autoencoder latent {latent} {how} (training took {meta['train_seconds']:.0f} s)")
+        return net
+
+    def post_hoc(name: str) -> None:
+        path = out / f"scores-{name}-seed{seed}.npz"
+        if path.exists():
+            return
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        det = create_detector(name).fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
+        _save(path, {s: det.score_set(images).numpy() for s, images in sets.items()})
+        took = time.perf_counter() - t0
+        log(f"seed {seed}: {name} scored in {took:.0f} s ({det.tuning().get('chosen', {})})")
+
+    def grid(latent: int) -> None:
         path = out / f"scores-hscae-L{latent}-seed{seed}.npz"
         if path.exists():
-            continue
-        det = create_detector("hscae", latent_dim=latent)
+            return
+        net = network(latent)
         t0 = time.perf_counter()
-        net, meta = make_network(det.network(recipe), data.id_train)
-        log(
-            f"seed {seed}: autoencoder latent {latent} {'loaded' if meta['cached'] else 'trained'} "
-            f"in {meta['train_seconds']:.0f} s"
-        )
         arrays = {}
         for s, images in sets.items():
             logits = features.outputs(base, images).logits
@@ -111,17 +118,25 @@ def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None
             ]
             for d in DISTANCES:
                 arrays[f"{d}/{s}"] = -torch.cat([p[d] for p in parts], dim=1).numpy()
-        arrays["train_seconds"] = np.array(meta["train_seconds"])
         _save(path, arrays)
-        log(f"seed {seed}: latent {latent} scored ({time.perf_counter() - t0:.0f} s with training)")
+        log(f"seed {seed}: latent {latent} scored in {time.perf_counter() - t0:.0f} s")
+
+    if latents:
+        network(latents[0])
+    post_hoc("odin")
+    if latents:
+        grid(latents[0])
     timing = out / f"timing-seed{seed}.json"
     if not timing.exists() and latents:
-        atomic_write_text(timing, json.dumps(speed(base, latents[0], recipe, data), indent=1))
+        atomic_write_text(timing, json.dumps(speed(base, network(latents[0]), data), indent=1))
+    for name in POST_HOC[1:]:
+        post_hoc(name)
+    for latent in latents[1:]:
+        grid(latent)
 
 
-def speed(base: torch.nn.Module, latent: int, recipe: Any, data: Any, n: int = 1000) -> dict[str, Any]:
-    """Seconds per image of one classifier forward pass and of HSCAE scoring at each level."""
-    net, meta = make_network(create_detector("hscae", latent_dim=latent).network(recipe), data.id_train)
+def speed(base: torch.nn.Module, net: Any, data: Any, n: int = 1000) -> dict[str, Any]:
+    """Seconds per image of one classifier forward pass and of HSCAE scoring (MSE) at each level."""
     x = data.id_test.tensor(0, n)
 
     def clock(fn: Any) -> float:
@@ -136,7 +151,6 @@ def speed(base: torch.nn.Module, latent: int, recipe: Any, data: Any, n: int = 1
 
     clf = clock(base)
     out: dict[str, Any] = {
-        "train_seconds": meta["train_seconds"],
         "threads": torch.get_num_threads(),
         "classifier_s_per_image": clf,
     }
@@ -171,17 +185,22 @@ def figures(s: dict[str, np.ndarray], rate: float) -> dict[str, float]:
     }
 
 
-def load(out: Path, seed: int, latent: int | None = None) -> dict[str, np.ndarray] | None:
-    path = out / (f"scores-hscae-L{latent}-seed{seed}.npz" if latent else f"scores-posthoc-seed{seed}.npz")
+def load(out: Path, seed: int, what: str) -> dict[str, np.ndarray] | None:
+    """Saved scores of one stage: ``"odin"``, ``"knn"``, … or ``"hscae-L8"``."""
+    path = out / f"scores-{what}-seed{seed}.npz"
     if not path.exists():
         return None
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
 
-def member(arrays: dict[str, np.ndarray], key: str, level: int | None = None) -> dict[str, np.ndarray]:
-    """The four sets' scores of one member (``key`` a post-hoc name or an HSCAE distance)."""
-    return {s: arrays[f"{key}/{s}"] if level is None else arrays[f"{key}/{s}"][level - 1] for s in SETS}
+def member(
+    arrays: dict[str, np.ndarray], key: str | None = None, level: int | None = None
+) -> dict[str, np.ndarray]:
+    """The four sets' scores of one member: a post-hoc stage, or an HSCAE ``key`` (distance) at ``level``."""
+    if key is None:
+        return {s: arrays[s] for s in SETS}
+    return {s: arrays[f"{key}/{s}"][level - 1] for s in SETS}
 
 
 def combine(*members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -194,101 +213,249 @@ def choose(cands: dict[str, dict[str, float]]) -> str:
     return min(cands, key=lambda k: (cands[k]["val_ood_accepted"], -cands[k]["val_auroc"], k))
 
 
-def mean_std(values: list[float]) -> str:
-    a = 100 * np.asarray(values, dtype=np.float64)
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    a = scale * np.asarray(values, dtype=np.float64)
     if len(a) == 1:
-        return f"{a[0]:.2f}"
-    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
 
 
-def report(out: Path, seeds: list[int], latents: list[int], rate: float) -> tuple[str, dict[str, Any]]:
-    rows: list[dict[str, Any]] = []  # one per (seed, what): figures
-    chosen_per_seed: dict[int, dict[str, Any]] = {}
+def collect(out: Path, seeds: list[int], latents: list[int], rate: float) -> list[dict[str, Any]]:
+    """One row of figures per (seed, scored thing): members, HSCAE grid, either pairs."""
+    rows: list[dict[str, Any]] = []
     for seed in seeds:
-        post = load(out, seed)
+        post = {n: a for n in POST_HOC if (a := load(out, seed, n)) is not None}
+        for n, a in post.items():
+            rows.append({"seed": seed, "what": n, **figures(member(a), rate)})
+        pool: dict[str, dict[str, np.ndarray]] = {n: member(a) for n, a in post.items()}
         for latent in latents:
-            ae = load(out, seed, latent)
+            ae = load(out, seed, f"hscae-L{latent}")
             if ae is None:
                 continue
             for d, h in itertools.product(DISTANCES, range(1, LEVELS + 1)):
-                f = figures(member(ae, d, h), rate)
+                m = member(ae, d, h)
                 rows.append(
-                    {"seed": seed, "table": "hscae", "latent": latent, "distance": d, "level": h, **f}
+                    {
+                        "seed": seed,
+                        "what": "hscae",
+                        "latent": latent,
+                        "distance": d,
+                        "level": h,
+                        **figures(m, rate),
+                    }
                 )
-                if post is not None:
-                    f = figures(combine(member(post, "odin"), member(ae, d, h)), rate)
+                if latent == 8:
+                    pool[f"hscae(distance={d}, levels={h})"] = m
+                if "odin" in post:
                     rows.append(
                         {
                             "seed": seed,
-                            "table": "either-odin",
+                            "what": "either-odin",
                             "latent": latent,
                             "distance": d,
                             "level": h,
-                            **f,
+                            **figures(combine(member(post["odin"]), m), rate),
                         }
                     )
-        if post is not None:
-            for name in POST_HOC:
-                rows.append(
-                    {"seed": seed, "table": "post-hoc", "member": name, **figures(member(post, name), rate)}
-                )
-    return render(rows, seeds, latents, rate, out), {"rows": rows, "chosen": chosen_per_seed}
+        # The best either of two, chosen on validation data among every pair of the pool.
+        pairs = {
+            f"either({a}, {b})": figures(combine(pool[a], pool[b]), rate)
+            for a, b in itertools.combinations(sorted(pool), 2)
+            if not (a.startswith("hscae") and b.startswith("hscae"))
+        }
+        if pairs:
+            best = choose(pairs)
+            rows.append(
+                {"seed": seed, "what": "best-pair", "pair": best, "candidates": len(pairs), **pairs[best]}
+            )
+    return rows
 
 
-def _cell(rows: list[dict[str, Any]], key: str, **where: Any) -> str:
-    vals = [r[key] for r in rows if all(r.get(k) == v for k, v in where.items())]
-    return mean_std(vals) if vals else "–"
+def _pick(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
 
 
 def _seeds(rows: list[dict[str, Any]], **where: Any) -> str:
-    return ",".join(str(r["seed"]) for r in rows if all(r.get(k) == v for k, v in where.items()))
+    return ",".join(str(r["seed"]) for r in _pick(rows, **where))
 
 
-def render(rows: list[dict[str, Any]], seeds: list[int], latents: list[int], rate: float, out: Path) -> str:
+def _cell(rows: list[dict[str, Any]], keys: tuple[str, ...], **where: Any) -> str:
+    sel = _pick(rows, **where)
+    return " / ".join(mean_std([r[k] for r in sel]) for k in keys) if sel else "–"
+
+
+def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: list[dict[str, Any]]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    latents = [lat for lat in latents if _pick(rows, what="hscae", latent=lat)]
+    acc = f"{100 * rate:.1f}%"
     lines = [
         "# HSCAE and either-ensembles on mnist-holdout0 (digits 1–9 ID, zeros OOD)",
         "",
-        f"Produced by `benchmarks/hscae.py`. AUROC and FPR@95 on ID test vs the held-out zeros (%). "
-        f"*val*: ID accepted / zeros rejected at the threshold accepting {100 * rate:.1f}% of the ID "
-        f"**validation** images. *oracle*: the same at the threshold accepting {100 * rate:.1f}% of the ID "
-        "**test** images (thresholds picked on the test set, as in the HSCAE report; an upper bound, not "
-        "a result). Choices use validation data only (fewest synthetic OOD validation images accepted, "
-        "ties: validation AUROC). Cells: mean ± std (ddof 1) over the seeds that finished (listed).",
+        "Produced by `benchmarks/hscae.py` (see its docstring); blind protocol; seeds with results: "
+        f"{', '.join(map(str, seeds)) or 'none'}. Percent. AUROC and FPR@95: ID test vs the held-out zeros. "
+        f"**val**: ID accepted / zeros rejected at the threshold accepting {acc} of the ID *validation* "
+        f"images. **oracle**: the same at the threshold accepting {acc} of the ID *test* images "
+        "(picked on the test set as in the HSCAE report: a bound, not a result). Choices use validation "
+        "data only. Cells: mean ± std (ddof 1) over seeds when more than one finished.",
+        "",
+        "## Table 2 in shape: latent dimension × level (distance mse, HSCAE alone)",
         "",
     ]
-    # The distance and level of HSCAE, chosen on validation (latent 8, per seed, then the mode).
-    lines += ["## Distance × level on validation (latent 8)", ""]
-    head = ["distance", *(f"level {h}: val OOD accepted / val AUROC" for h in range(1, LEVELS + 1))]
+    head = ["latent", *(f"level {h}: AUROC / FPR@95" for h in range(1, LEVELS + 1))]
+    body = [
+        [f"{lat} (seeds {_seeds(rows, what='hscae', latent=lat, distance='mse', level=1)})"]
+        + [
+            _cell(rows, ("auroc", "fpr95"), what="hscae", latent=lat, distance="mse", level=h)
+            for h in range(1, LEVELS + 1)
+        ]
+        for lat in latents
+    ]
+    lines += [tabulate(body, head, tablefmt="github"), ""]
+    lines += ["Same grid, val and oracle operating points (ID accepted / zeros rejected):", ""]
+    head = ["latent", *(f"level {h}: val ; oracle" for h in range(1, LEVELS + 1))]
+    body = [
+        [str(lat)]
+        + [
+            _cell(rows, ("id_accepted", "ood_rejected"), what="hscae", latent=lat, distance="mse", level=h)
+            + " ; "
+            + _cell(
+                rows,
+                ("oracle_id_accepted", "oracle_ood_rejected"),
+                what="hscae",
+                latent=lat,
+                distance="mse",
+                level=h,
+            )
+            for h in range(1, LEVELS + 1)
+        ]
+        for lat in latents
+    ]
+    lines += [tabulate(body, head, tablefmt="github"), ""]
+    lines += ["## Table 3 in shape: ensemble × level (latent 8, distance mse)", ""]
+    head = [
+        "method",
+        "AUROC / FPR@95",
+        "val: ID accepted / zeros rejected",
+        "oracle: ID accepted / zeros rejected",
+    ]
+    keys = (
+        ("auroc", "fpr95"),
+        ("id_accepted", "ood_rejected"),
+        ("oracle_id_accepted", "oracle_ood_rejected"),
+    )
+    body = [["ODIN", *(_cell(rows, k, what="odin") for k in keys)]]
+    for h in range(1, LEVELS + 1):
+        body.append(
+            [
+                f"HSCAE level {h}",
+                *(_cell(rows, k, what="hscae", latent=8, distance="mse", level=h) for k in keys),
+            ]
+        )
+    for h in range(1, LEVELS + 1):
+        body.append(
+            [
+                f"either(ODIN, HSCAE level {h})",
+                *(_cell(rows, k, what="either-odin", latent=8, distance="mse", level=h) for k in keys),
+            ]
+        )
+    lines += [tabulate(body, head, tablefmt="github"), ""]
+    lines += ["## The distance and the level on validation (latent 8)", ""]
+    lines += [
+        "Share of synthetic OOD validation images accepted at the validation threshold / validation AUROC "
+        "(ID validation vs synthetic OOD validation), then the test AUROC / FPR@95 of the same cell "
+        "(reported, never used to choose).",
+        "",
+    ]
+    head = ["distance", *(f"level {h}" for h in range(1, LEVELS + 1))]
     body = []
     for d in DISTANCES:
         body.append(
-            [d]
+            [f"{d} (val)"]
             + [
-                f"{_cell(rows, 'val_ood_accepted', table='hscae', latent=8, distance=d, level=h)} / "
-                f"{_cell(rows, 'val_auroc', table='hscae', latent=8, distance=d, level=h)}"
+                _cell(rows, ("val_ood_accepted", "val_auroc"), what="hscae", latent=8, distance=d, level=h)
+                for h in range(1, LEVELS + 1)
+            ]
+        )
+        body.append(
+            [f"{d} (test)"]
+            + [
+                _cell(rows, ("auroc", "fpr95"), what="hscae", latent=8, distance=d, level=h)
                 for h in range(1, LEVELS + 1)
             ]
         )
     lines += [tabulate(body, head, tablefmt="github"), ""]
-    lines += ["Test figures of the same grid (reported, never used to choose):", ""]
-    body = [
-        [d]
-        + [
-            f"{_cell(rows, 'auroc', table='hscae', latent=8, distance=d, level=h)} / "
-            f"{_cell(rows, 'fpr95', table='hscae', latent=8, distance=d, level=h)}"
-            for h in range(1, LEVELS + 1)
-        ]
-        for d in DISTANCES
+    lines += ["## Post-hoc members alone", ""]
+    head = [
+        "member",
+        "AUROC / FPR@95",
+        "val: ID accepted / zeros rejected",
+        "oracle: ID accepted / zeros rejected",
+        "val: synthetic OOD accepted / AUROC",
     ]
+    body = [
+        [n, *(_cell(rows, k, what=n) for k in (*keys, ("val_ood_accepted", "val_auroc")))] for n in POST_HOC
+    ]
+    lines += [tabulate(body, head, tablefmt="github"), ""]
+    lines += ["## The best either of two, chosen on validation", ""]
     lines += [
-        tabulate(
-            body,
-            ["distance", *(f"level {h}: AUROC / FPR@95" for h in range(1, LEVELS + 1))],
-            tablefmt="github",
-        ),
+        "Per seed, every pair of {odin, knn, vim, energy, hscae latent 8 at every distance and level} "
+        "(two HSCAE cells excluded) is ranked by the share of synthetic OOD validation images it accepts at "
+        "the validation threshold (ties: validation AUROC); the first is reported on the test set.",
         "",
     ]
+    head = [
+        "seed",
+        "chosen pair (of n)",
+        "AUROC / FPR@95",
+        "val: ID accepted / zeros rejected",
+        "oracle: ID accepted / zeros rejected",
+    ]
+    body = [
+        [
+            r["seed"],
+            f"{r['pair']} (of {r['candidates']})",
+            *(" / ".join(f"{100 * r[k]:.2f}" for k in kk) for kk in keys),
+        ]
+        for r in _pick(rows, what="best-pair")
+    ]
+    if body:
+        body.append(["mean", "", *(_cell(rows, kk, what="best-pair") for kk in keys)])
+    lines += [tabulate(body, head, tablefmt="github"), ""]
+    if timing:
+        lines += ["## Speed (this machine: 2 shared CPU cores, one thread, load average ~30)", ""]
+        head = [
+            "seed",
+            "autoencoder training (s)",
+            "classifier forward (ms/image)",
+            *(f"level {h}: ms/image (× classifier)" for h in range(1, LEVELS + 1)),
+        ]
+        body = [
+            [
+                t["seed"],
+                f"{t.get('train_seconds', float('nan')):.0f}",
+                f"{1000 * t['classifier_s_per_image']:.2f}",
+            ]
+            + [
+                f"{1000 * t[f'level{h}_s_per_image']:.2f} ({t[f'level{h}_relative']:.1f}×)"
+                for h in range(1, LEVELS + 1)
+            ]
+            for t in timing
+        ]
+        lines += [tabulate(body, head, tablefmt="github"), ""]
     return "\n".join(lines)
+
+
+def write(out: Path, seeds: list[int], latents: list[int], rate: float) -> str:
+    rows = collect(out, seeds, latents, rate)
+    timing = []
+    for seed in seeds:
+        path = out / f"timing-seed{seed}.json"
+        if path.exists():
+            timing.append({"seed": seed, **json.loads(path.read_text())})
+    text = render(rows, latents, rate, timing)
+    atomic_write_text(ROOT / "hscae.md", text)
+    atomic_write_text(ROOT / "hscae.json", json.dumps({"rows": rows, "timing": timing}, indent=1))
+    return text
 
 
 def main() -> None:
@@ -310,13 +477,8 @@ def main() -> None:
                 run_seed(
                     seed, latents, args.out, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)
                 )
-                text, doc = report(args.out, seeds, latents, args.accept_rate)
-                atomic_write_text(ROOT / "hscae.md", text)
-                atomic_write_text(ROOT / "hscae.json", json.dumps(doc, indent=1))
-    text, doc = report(args.out, seeds, latents, args.accept_rate)
-    atomic_write_text(ROOT / "hscae.md", text)
-    atomic_write_text(ROOT / "hscae.json", json.dumps(doc, indent=1))
-    print(text)
+                write(args.out, seeds, latents, args.accept_rate)
+    print(write(args.out, seeds, latents, args.accept_rate))
 
 
 if __name__ == "__main__":

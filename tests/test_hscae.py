@@ -3,6 +3,8 @@ autoencoder's shape and conditioning, training beside a frozen classifier, and b
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +18,11 @@ from oodlab.models.autoencoder import ConditionalAutoencoder
 from oodlab.training import make_network
 
 from .conftest import N_CLASSES, SIZE, TINY_RECIPE
+from .test_cli import run, tiny_suite  # noqa: F401  (the seconds-long suite fixture)
 
 
 def fixed_images() -> tuple[np.ndarray, np.ndarray]:
-    """Four pairs of 28×28 images: noisy copies, a shifted stroke, a constant and an inverted digit-like blob."""
+    """Four pairs of 28×28 images: noisy copies, a shifted stroke, a constant, an inverted blob."""
     rng = np.random.default_rng(7)
     a = rng.uniform(0, 1, (4, 1, 28, 28))
     b = np.clip(a + rng.normal(0, 0.15, a.shape), 0, 1)
@@ -165,3 +168,20 @@ def test_bad_parameters_are_one_clear_line(params: dict, message: str) -> None:
 def test_hscae_refuses_a_plain_classifier(tiny_setup: dict) -> None:
     with pytest.raises(OodlabError, match="make_network"):
         create_detector("hscae").fit(tiny_setup["model"], tiny_setup["id_train"])
+
+
+def test_bench_runs_hscae_and_either_and_pictures_the_reconstructions(tiny_suite: str, tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "--suite", tiny_suite, "--detectors", "msp,hscae,either:msp+hscae", "--quiet"]
+    assert run([*args, "--accept-rate", "0.975", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["detector"] for r in rows} == {"msp", "hscae", "either:msp+hscae"}
+    either = [r for r in rows if r["detector"] == "either:msp+hscae"]
+    assert all(0 <= r["auroc"] <= 1 and r["tuning"]["chosen"]["percentiles_on"] for r in either)
+    picture = out / "plots" / tiny_suite / "hscae-reconstructions.png"
+    assert picture.exists()
+    html = (out / "report.html").read_text()
+    assert 'data-figure="hscae-reconstructions"' in html and "levels 1-5" in html
+    picture.unlink()
+    assert run(["report", str(out)]) == 0  # rebuilt from the saved cells alone
+    assert picture.exists()

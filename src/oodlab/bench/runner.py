@@ -360,8 +360,17 @@ def _run_detector(
 
 
 CellCallback = Callable[
-    [str, list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]], None
+    [
+        str,
+        list[dict[str, Any]],
+        dict[str, Any],
+        dict[str, tuple[np.ndarray, np.ndarray]],
+        dict[str, np.ndarray],
+    ],
+    None,
 ]
+#: Images per set (ID test, first OOD test set) in a detector's illustration.
+ILLUSTRATED = 8
 
 
 def _run_group(
@@ -460,7 +469,11 @@ def _run_group(
                         r["network"] = model_info["network"]
                 shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
                 log(f"{tag} {cell}: {shown}{', …' if len(rows) > 6 else ''}")
-                on_cell(cell, rows, model_info, scores)
+                first_ood = next(iter(data.ood_tests.values()))
+                extras = det.illustration(
+                    data.id_test.tensor(0, ILLUSTRATED), first_ood.tensor(0, ILLUSTRATED)
+                )
+                on_cell(cell, rows, model_info, scores, extras)
 
 
 def run_suite(
@@ -479,7 +492,7 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
 
-    def keep(name: str, r: list[dict[str, Any]], m: dict[str, Any], _: Any) -> None:
+    def keep(name: str, r: list[dict[str, Any]], m: dict[str, Any], *_: Any) -> None:
         rows.extend(r)
         info.update(m)
 
@@ -596,6 +609,7 @@ def run_bench(
                 rows: list[dict[str, Any]],
                 model: dict[str, Any],
                 scores: dict[str, tuple[np.ndarray, np.ndarray]],
+                extras: dict[str, np.ndarray],
                 by_name: dict[str, CellSpec] = by_name,
             ) -> None:
                 nonlocal started
@@ -604,7 +618,7 @@ def run_bench(
                     if not started:
                         start_run_dir(store.root, manifest)
                         started = True
-                    store.write(spec, rows, model, scores)
+                    store.write(spec, rows, model, scores, extras)
                 done[spec] = {"rows": rows, "model": model}
                 bar.update(1)
 

@@ -245,6 +245,14 @@ class Detector:
             return self.score(images.tensor())
         return self.score_outputs(features.outputs(self.model_, images, self.required_taps(self.model_)))
 
+    def illustration(self, id_images: Tensor, ood_images: Tensor) -> dict[str, np.ndarray]:
+        """Small arrays showing what the detector does to a few ID and OOD images, for the report.
+
+        Saved with the benchmark cell; :mod:`oodlab.bench.plots` draws the ones it knows (HSCAE's
+        ``"reconstructions"``). Most detectors have none.
+        """
+        return {}
+
     def _finish(self, scores: Tensor, n: int) -> Tensor:
         scores = scores.detach().to(torch.float64).cpu().reshape(-1)
         if scores.shape != (n,):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +26,8 @@ from oodlab.models.base import PENULTIMATE
 from oodlab.training.recipes import Network, self_conditioned_autoencoder
 from oodlab.training.trainer import TrainConfig
 
+#: Levels shown in the report's picture of reconstructions.
+ILLUSTRATED_LEVELS = 5
 #: Distances between an input and its reconstruction (:func:`reconstruction_distances`).
 DISTANCES = ("mse", "ssim", "softmax", "msp", "features")
 
@@ -185,12 +188,12 @@ class HSCAE(Detector):
     """
 
     capabilities = trains(OWN_FORWARD)
-    quick_params: ClassVar[dict[str, Any]] = {"width": 2, "epochs": 2, "lr": 5e-3}
+    quick_params: ClassVar[dict[str, Any]] = {"levels": 2, "width": 2, "epochs": 2, "lr": 5e-3}
 
     def __init__(
         self,
         latent_dim: int = 8,
-        levels: int = 2,
+        levels: int = 5,
         distance: str = "mse",
         width: int = 6,
         epochs: int = 1,
@@ -242,6 +245,24 @@ class HSCAE(Detector):
 
     def _score_inputs(self, x: Tensor) -> Tensor:
         return self._scores(x)
+
+    def illustration(self, id_images: Tensor, ood_images: Tensor) -> dict[str, np.ndarray]:
+        """``{"reconstructions": uint8 (2, n, 1 + 5, C, H, W)}``: ID and OOD inputs and their
+        reconstructions at levels 1-5 (the report's picture: a zero redrawn as another digit)."""
+        self._check_fitted()
+        model = self.model_
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                rows = [
+                    torch.stack([x, *model.reconstructions(x, ILLUSTRATED_LEVELS)], dim=1)
+                    for x in (id_images, ood_images)
+                ]
+        finally:
+            model.train(was_training)
+        grid = torch.stack(rows).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return {"reconstructions": grid.numpy()}
 
     def score_set(self, images: ImageSet) -> Tensor:
         """Scores of an :class:`ImageSet`; the classifier's logits come through the outputs cache."""
