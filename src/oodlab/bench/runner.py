@@ -224,7 +224,11 @@ def _post_hoc() -> list[str]:
     return [
         n
         for n in list_detectors()
-        if not (get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic)
+        if not (
+            get_detector_class(n).capabilities.trains
+            or get_detector_class(n).capabilities.stochastic
+            or hasattr(get_detector_class(n), "specialise")  # either:a+b names its members
+        )
     ]
 
 
@@ -232,7 +236,8 @@ def resolve_detectors(spec: str | None) -> list[str]:
     """``None``/``"default"`` → the default set; ``"all"`` → every post-hoc detector; else a comma list.
 
     ``"all"`` leaves out the methods that train their network or sample (``deep-ensemble`` alone
-    trains five networks, ``mc-dropout`` needs a network with dropout): name those explicitly.
+    trains five networks, ``mc-dropout`` needs a network with dropout) and the combinations
+    spelled with their members (``either:a+b``): name those explicitly.
     ``"auto"`` runs the same detectors as ``"all"``, those that need no input gradient first (the
     cheap ones, so an interrupted run has the most); pass ``select=True`` to :class:`BenchConfig`
     to have one chosen per (suite, seed) on validation data (see :mod:`oodlab.bench.selection`).
