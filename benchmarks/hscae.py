@@ -125,7 +125,7 @@ def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None
         log(f"seed {seed}: latent {latent} scored in {time.perf_counter() - t0:.0f} s")
 
     if latents:
-        network(latents[0])
+        picture(network(latents[0]), data, out / f"reconstructions-L{latents[0]}-seed{seed}")
     post_hoc("odin")
     if latents:
         grid(latents[0], DISTANCES)
@@ -136,6 +136,23 @@ def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None
         post_hoc(name)
     for latent in latents[1:]:
         grid(latent, PIXEL_DISTANCES)
+
+
+def picture(net: Any, data: Any, stem: Path, n: int = 8) -> None:
+    """The report's picture: n ID test digits and n zeros, and their reconstructions at levels 1-5."""
+    if stem.with_suffix(".png").exists():
+        return
+    import matplotlib
+
+    from oodlab.bench.plots import _RC, _save, reconstruction_figure
+
+    det = create_detector("hscae").fit(net, data.id_test)
+    grid = det.illustration(data.id_test.tensor(0, n), data.ood_tests[OOD].tensor(0, n))["reconstructions"]
+    with matplotlib.rc_context(_RC):
+        fig = reconstruction_figure(
+            grid, ["ID test (1-9)", "zeros (OOD)"], f"{stem.name}: inputs, levels 1-5"
+        )
+        _save(fig, stem)
 
 
 def speed(base: torch.nn.Module, net: Any, data: Any, n: int = 1000) -> dict[str, Any]:
