@@ -170,7 +170,10 @@ def test_hscae_refuses_a_plain_classifier(tiny_setup: dict) -> None:
         create_detector("hscae").fit(tiny_setup["model"], tiny_setup["id_train"])
 
 
-def test_bench_runs_hscae_and_either_and_pictures_the_reconstructions(tiny_suite: str, tmp_path) -> None:
+def test_bench_runs_hscae_and_either_and_pictures_the_reconstructions(
+    tiny_suite: str,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+) -> None:
     out = tmp_path / "out"
     args = ["bench", "--suite", tiny_suite, "--detectors", "msp,hscae,either:msp+hscae", "--quiet"]
     assert run([*args, "--accept-rate", "0.975", "--out", str(out)]) == 0

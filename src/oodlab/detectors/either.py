@@ -95,8 +95,9 @@ class Either(Detector):
         ``(N,)`` float64 in [0, 1]; higher = more in-distribution.
 
     References:
-        The ODIN + HSCAE ensemble of the HSCAE report ("OOD if either flags it"); the members'
-        own references.
+        The ODIN + HSCAE ensemble of the HSCAE report ("OOD if either flags it"), whose ODIN
+        member is Liang, Li & Srikant, "Enhancing the Reliability of Out-of-distribution Image
+        Detection in Neural Networks", ICLR 2018; each member's own references.
     """
 
     tunes = True  # the members' percentiles come from ID validation data

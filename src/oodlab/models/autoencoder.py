@@ -222,10 +222,17 @@ def hscae(
     latent_dim: int = 8,
     width: int = 8,
     temperature: float = 2.0,
+    **classifier_kwargs: Any,
 ) -> SelfConditionedAutoencoder:
-    """The HSCAE network: a frozen classifier (default: the FSSD LeNet) and its conditioned autoencoder."""
+    """The HSCAE network: a frozen classifier (default: the FSSD LeNet) and its conditioned autoencoder.
+
+    Further keyword arguments (``mean``, ``std``) are the classifier's.
+    """
+    spec = dict(classifier or {"model": "lenet"})
+    if classifier_kwargs:
+        spec["kwargs"] = {**spec.get("kwargs", {}), **classifier_kwargs}
     return SelfConditionedAutoencoder(
-        num_classes, in_channels, image_size, classifier or {"model": "lenet"}, latent_dim, width, temperature
+        num_classes, in_channels, image_size, spec, latent_dim, width, temperature
     )
 
 
