@@ -54,6 +54,12 @@ SETS = ("id_test", "zeros", "id_val", "ood_val")
 POST_HOC = ("odin", "knn", "vim", "energy")
 #: The other latents are scored with the distances that need no classifier pass per level (time).
 PIXEL_DISTANCES = ("mse", "ssim")
+#: Column titles of the figures every table row shows.
+FIGURE_COLUMNS = (
+    "AUROC / FPR@95",
+    "val: ID accepted / zeros rejected",
+    "oracle: ID accepted / zeros rejected",
+)
 ROOT = Path(__file__).resolve().parent / "results"
 
 
@@ -306,6 +312,11 @@ def _cell(rows: list[dict[str, Any]], keys: tuple[str, ...], **where: Any) -> st
     return " / ".join(mean_std([r[k] for r in sel]) for k in keys) if sel else "–"
 
 
+def section(title: str, note: str) -> list[str]:
+    """A Markdown heading and its note."""
+    return [f"## {title}", "", note, ""]
+
+
 def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     latents = [lat for lat in latents if _pick(rows, what="hscae", latent=lat)]
@@ -354,12 +365,7 @@ def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: 
     ]
     lines += [tabulate(body, head, tablefmt="github"), ""]
     lines += ["## Table 3 in shape: ensemble × level (latent 8, distance mse)", ""]
-    head = [
-        "method",
-        "AUROC / FPR@95",
-        "val: ID accepted / zeros rejected",
-        "oracle: ID accepted / zeros rejected",
-    ]
+    head = ["method", *FIGURE_COLUMNS]
     keys = (
         ("auroc", "fpr95"),
         ("id_accepted", "ood_rejected"),
@@ -381,13 +387,12 @@ def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: 
             ]
         )
     lines += [tabulate(body, head, tablefmt="github"), ""]
-    lines += ["## The distance and the level on validation (latent 8)", ""]
-    lines += [
+    lines += section(
+        "The distance and the level on validation (latent 8)",
         "Share of synthetic OOD validation images accepted at the validation threshold / validation AUROC "
         "(ID validation vs synthetic OOD validation), then the test AUROC / FPR@95 of the same cell "
         "(reported, never used to choose).",
-        "",
-    ]
+    )
     head = ["distance", *(f"level {h}" for h in range(1, LEVELS + 1))]
     body = []
     for d in DISTANCES:
@@ -409,28 +414,23 @@ def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: 
     lines += ["## Post-hoc members alone", ""]
     head = [
         "member",
-        "AUROC / FPR@95",
-        "val: ID accepted / zeros rejected",
-        "oracle: ID accepted / zeros rejected",
+        *FIGURE_COLUMNS,
         "val: synthetic OOD accepted / AUROC",
     ]
     body = [
         [n, *(_cell(rows, k, what=n) for k in (*keys, ("val_ood_accepted", "val_auroc")))] for n in POST_HOC
     ]
     lines += [tabulate(body, head, tablefmt="github"), ""]
-    lines += ["## The best either of two, chosen on validation", ""]
-    lines += [
+    lines += section(
+        "The best either of two, chosen on validation",
         "Per seed, every pair of {odin, knn, vim, energy, hscae latent 8 at every distance and level} "
         "(two HSCAE cells excluded) is ranked by the share of synthetic OOD validation images it accepts at "
         "the validation threshold (ties: validation AUROC); the first is reported on the test set.",
-        "",
-    ]
+    )
     head = [
         "seed",
         "chosen pair (of n)",
-        "AUROC / FPR@95",
-        "val: ID accepted / zeros rejected",
-        "oracle: ID accepted / zeros rejected",
+        *FIGURE_COLUMNS,
     ]
     body = [
         [
