@@ -159,7 +159,7 @@ class HSCAE(Detector):
     that class, and fed back ``levels`` times it drifts further; the score is the negated
     distance ``d`` (``distance``: ``mse``, ``ssim``, ``softmax``, ``msp`` or ``features``; see
     :func:`reconstruction_distances`) between the input and its reconstruction at level
-    ``h = levels``. Training takes one pass of the ID training set (``epochs``; about 5 minutes
+    ``h = levels``. Training takes one pass of the ID training set (``epochs``; about 6 minutes
     on two busy CPU cores for MNIST at ``width=6``); scoring costs one classifier pass plus
     ``levels`` autoencoder passes (and a classifier pass per level for the classifier-based
     distances).
