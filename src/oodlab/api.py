@@ -83,6 +83,14 @@ def check_post_hoc(specs: Sequence[DetectorSpec], where: str) -> None:
             )
 
 
+def _takes_argument(name: str) -> bool:
+    """Whether the registered detector ``name`` is spelled with an argument (``either:a+b``)."""
+    try:
+        return hasattr(get_detector_class(name), "specialise")
+    except OodlabError:
+        return False
+
+
 def parse_detector(spec: str | DetectorSpec | tuple[str, Mapping[str, Any]]) -> DetectorSpec:
     """One detector spec: ``"knn"``, ``"knn:k=50"``, ``"fssd:tap=conv2:perturbation=0"``, a
     ``(name, params)`` pair or a :class:`DetectorSpec`. Parameters are checked by building the
@@ -93,6 +101,9 @@ def parse_detector(spec: str | DetectorSpec | tuple[str, Mapping[str, Any]]) -> 
         out = DetectorSpec(spec[0], dict(spec[1]))
     else:
         name, *parts = [p.strip() for p in str(spec).split(":")]
+        if parts and "=" not in parts[0] and _takes_argument(name):
+            # ``either:odin+hscae``: the class's argument comes first, then any KEY=VALUE.
+            name, parts = f"{name}:{parts[0]}", parts[1:]
         params: dict[str, Any] = {}
         for p in parts:
             key, sep, val = p.partition("=")

@@ -108,10 +108,12 @@ class CellStore:
         rows: list[dict[str, Any]],
         model: dict[str, Any],
         scores: dict[str, tuple[np.ndarray, np.ndarray]],
+        extras: dict[str, np.ndarray] | None = None,
     ) -> Path:
         """Write the cell's scores, then its JSON (the completion marker); return the JSON's path.
 
         ``scores`` maps each OOD set to its (ID scores, OOD scores); identical ID arrays are stored once.
+        ``extras`` (:meth:`~oodlab.detectors.Detector.illustration`) go in the same file.
         """
         arrays: dict[str, np.ndarray] = {}
         index: dict[str, dict[str, str]] = {}
@@ -124,6 +126,8 @@ class CellStore:
                 arrays[by_hash[h]] = id_arr
             arrays[f"ood_{i}"] = np.ascontiguousarray(ood_s, dtype=np.float64)
             index[ood] = {"id": by_hash[h], "ood": f"ood_{i}"}
+        for name, arr in (extras or {}).items():
+            arrays[f"extra_{name}"] = np.ascontiguousarray(arr)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         data = buf.getvalue()
@@ -138,6 +142,7 @@ class CellStore:
             "scores_file": npz.name,
             "scores_sha256": hashlib.sha256(data).hexdigest(),
             "scores": index,
+            **({"extras": sorted(extras)} if extras else {}),
         }
         path = self.json_path(spec)
         atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
@@ -174,6 +179,17 @@ class CellStore:
             with np.load(npz, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
             return {ood: (arrays[v["id"]], arrays[v["ood"]]) for ood, v in doc["scores"].items()}
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise CellError(f"scores file {npz} is truncated or unreadable ({_short(e)})") from None
+
+    def load_extras(self, spec: CellSpec, doc: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The cell's illustration arrays (none for most detectors)."""
+        if not doc.get("extras"):
+            return {}
+        npz = self.npz_path(spec)
+        try:
+            with np.load(npz, allow_pickle=False) as f:
+                return {k: f[f"extra_{k}"] for k in doc["extras"]}
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise CellError(f"scores file {npz} is truncated or unreadable ({_short(e)})") from None
 

@@ -3,7 +3,9 @@
 - ``roc``: ROC curves (ID positive) of every detector on up to four OOD sets;
 - ``hist``: score histograms, ID test vs one OOD set, one panel per detector;
 - ``auroc_heatmap``: AUROC of detector × OOD set (mean over seeds);
-- ``corruption_heatmap``: AUROC of corruption × severity, one panel per detector (corruption suites).
+- ``corruption_heatmap``: AUROC of corruption × severity, one panel per detector (corruption suites);
+- ``<detector>-reconstructions``: inputs and their reconstructions at levels 1-5 (HSCAE), from the
+  arrays a detector's illustration saved with its cell.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot, no global state).
 """
@@ -170,8 +172,36 @@ def corruption_heatmap(agg: Sequence[dict[str, Any]], title: str) -> Figure:
     return fig
 
 
+def reconstruction_figure(grid: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    """Inputs (first column) and reconstructions at levels 1… (next columns), one block per set.
+
+    ``grid``: uint8 ``(sets, n, 1 + levels, C, H, W)``; ``labels`` names each set.
+    """
+    sets, n, cols = grid.shape[:3]
+    fig = Figure(figsize=(0.75 * cols * sets + 0.4, 0.75 * n + 0.6), layout="constrained")
+    axes = fig.subplots(n, cols * sets, squeeze=False)
+    for b in range(sets):
+        for i in range(n):
+            for j in range(cols):
+                ax = axes[i, b * cols + j]
+                img = grid[b, i, j].transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(f"{labels[b]}\ninput" if j == 0 else f"level {j}", fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
 def suite_figures(
-    suite: str, scores: Scores, agg: Sequence[dict[str, Any]], folder: Path, *, seed: int
+    suite: str,
+    scores: Scores,
+    agg: Sequence[dict[str, Any]],
+    folder: Path,
+    *,
+    seed: int,
+    illustrations: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> list[dict[str, str]]:
     """Draw and save every figure of one suite; return ``[{"name", "title", "png", "svg"}]``."""
     n_seeds = max((a["n_seeds"] for a in agg), default=1)
@@ -199,6 +229,17 @@ def suite_figures(
                 lambda t: corruption_heatmap(agg, t),
             )
         )
+    for det, arrays in (illustrations or {}).items():
+        if "reconstructions" in arrays:
+            labels = ["ID test", next(iter(scores.get(det, {})), "OOD")]
+            specs.append(
+                (
+                    f"{det.replace(':', '_')}-reconstructions",
+                    f"{suite}: {det}, inputs and their reconstructions at levels 1-"
+                    f"{arrays['reconstructions'].shape[2] - 1}, seed {seed}",
+                    lambda t, g=arrays["reconstructions"], lb=labels: reconstruction_figure(g, lb, t),
+                )
+            )
     out = []
     with matplotlib.rc_context(_RC):
         for name, title, draw in specs:

@@ -333,8 +333,14 @@ def write_report(out_dir: Path, *, plots: bool = True, log: Callable[[str], None
             suite_cells = [(s, d) for s, d in cells if s.suite == suite]
             first_seed = suite_cells[0][0].seed
             scores = {s.detector: store.load_scores(s, d) for s, d in suite_cells if s.seed == first_seed}
+            pictures = {s.detector: store.load_extras(s, d) for s, d in suite_cells if s.seed == first_seed}
             figures[suite] = suite_figures(
-                suite, scores, suite_agg, out_dir / "plots" / suite, seed=first_seed
+                suite,
+                scores,
+                suite_agg,
+                out_dir / "plots" / suite,
+                seed=first_seed,
+                illustrations={k: v for k, v in pictures.items() if v},
             )
             paths += [Path(f[k]) for f in figures[suite] for k in ("png", "svg")]
     html = render_html(manifest, rows, models, figures)

@@ -226,7 +226,11 @@ def _post_hoc() -> list[str]:
     return [
         n
         for n in list_detectors()
-        if not (get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic)
+        if not (
+            get_detector_class(n).capabilities.trains
+            or get_detector_class(n).capabilities.stochastic
+            or hasattr(get_detector_class(n), "specialise")  # either:a+b names its members
+        )
     ]
 
 
@@ -234,7 +238,8 @@ def resolve_detectors(spec: str | None) -> list[str]:
     """``None``/``"default"`` → the default set; ``"all"`` → every post-hoc detector; else a comma list.
 
     ``"all"`` leaves out the methods that train their network or sample (``deep-ensemble`` alone
-    trains five networks, ``mc-dropout`` needs a network with dropout): name those explicitly.
+    trains five networks, ``mc-dropout`` needs a network with dropout) and the combinations
+    spelled with their members (``either:a+b``): name those explicitly.
     ``"auto"`` runs the same detectors as ``"all"``, those that need no input gradient first (the
     cheap ones, so an interrupted run has the most); pass ``select=True`` to :class:`BenchConfig`
     to have one chosen per (suite, seed) on validation data (see :mod:`oodlab.bench.selection`).
@@ -521,7 +526,13 @@ def make_job_network(
     return BuiltNetwork(model, model_info)
 
 
-CellResult = tuple[list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]
+#: A cell's rows, its model summary, its scores (``{ood: (ID scores, OOD scores)}``) and the
+#: arrays of its detector's illustration (:meth:`Detector.illustration`; often empty).
+CellResult = tuple[
+    list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]
+]
+#: Images per set (ID test, first OOD test set) in a detector's illustration.
+ILLUSTRATED = 8
 
 
 def run_cell(
@@ -537,7 +548,8 @@ def run_cell(
     """The cell task: fit and score detector ``spec.detector`` on ``job``'s made network.
 
     Returns:
-        The cell's rows, its model summary and its scores (``{ood: (ID scores, OOD scores)}``).
+        The cell's rows, its model summary, its scores (``{ood: (ID scores, OOD scores)}``) and
+        its detector's illustration arrays.
     """
     data, cache = _suite_data(cfg, spec.suite, spec.seed, feature_cache)
     det = cfg.make_detector(spec.detector)
@@ -554,7 +566,10 @@ def run_cell(
             r["network"] = built.info["network"]
     shown = ", ".join(f"{r['ood']} AUROC {100 * r['auroc']:.2f}" for r in rows[:6])
     log(f"{job.tag} {spec.detector}: {shown}{', …' if len(rows) > 6 else ''}")
-    return rows, built.info, scores
+    first_ood = next(iter(data.ood_tests.values()))
+    with features.using_cache(cache):
+        extras = det.illustration(data.id_test.tensor(0, ILLUSTRATED), first_ood.tensor(0, ILLUSTRATED))
+    return rows, built.info, scores, extras
 
 
 def run_suite(
@@ -694,12 +709,12 @@ def run_bench(
 
     def finish(job: NetworkJob, spec: CellSpec, result: CellResult) -> None:
         nonlocal started
-        rows, model, scores = result
+        rows, model, scores, extras = result
         if store is not None:
             if not started:
                 start_run_dir(store.root, manifest)
                 started = True
-            store.write(spec, rows, model, scores)
+            store.write(spec, rows, model, scores, extras)
         done[spec] = {"rows": rows, "model": model}
         bar.update(1)
 

@@ -1,4 +1,9 @@
-"""Detector registry: ``@register_detector("name")`` on a class; ``create_detector(name, **kw)``."""
+"""Detector registry: ``@register_detector("name")`` on a class; ``create_detector(name, **kw)``.
+
+A name may carry an argument after a colon, ``"either:odin+hscae"``: the registered class
+``either`` turns it into a class of its own (``cls.specialise("odin+hscae")``), so that the
+benchmark, the results and saved detectors carry the full name.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ if TYPE_CHECKING:
 
 D = TypeVar("D", bound="type[Detector]")
 _DETECTORS: dict[str, type[Detector]] = {}
+_SPECIALISED: dict[str, type[Detector]] = {}
 
 
 def register_detector(name: str) -> Callable[[D], D]:
@@ -29,7 +35,20 @@ def register_detector(name: str) -> Callable[[D], D]:
 
 
 def get_detector_class(name: str) -> type[Detector]:
-    """The class registered as ``name``; an error listing the known names otherwise."""
+    """The class registered as ``name``; an error listing the known names otherwise.
+
+    ``"base:argument"`` is the class that ``base``'s ``specialise(argument)`` makes (made once).
+    """
+    if name not in _DETECTORS and ":" in name:
+        base, _, argument = name.partition(":")
+        specialise = getattr(_DETECTORS.get(base), "specialise", None)
+        if specialise is None:
+            known = ", ".join(n for n in list_detectors() if hasattr(_DETECTORS[n], "specialise"))
+            raise OodlabError(
+                f"unknown detector {name!r}; detectors that take an argument after ':': {known or 'none'}"
+            )
+        cls = specialise(argument)
+        return _SPECIALISED.setdefault(cls.name, cls)
     if name not in _DETECTORS:
         raise OodlabError(f"unknown detector {name!r}; known detectors: {', '.join(list_detectors())}")
     return _DETECTORS[name]

@@ -253,6 +253,14 @@ class Detector:
             return self.score(images.tensor())
         return self.score_outputs(features.outputs(self.model_, images, self.required_taps(self.model_)))
 
+    def illustration(self, id_images: Tensor, ood_images: Tensor) -> dict[str, np.ndarray]:
+        """Small arrays showing what the detector does to a few ID and OOD images, for the report.
+
+        Saved with the benchmark cell; :mod:`oodlab.bench.plots` draws the ones it knows (HSCAE's
+        ``"reconstructions"``). Most detectors have none.
+        """
+        return {}
+
     def _finish(self, scores: Tensor, n: int) -> Tensor:
         scores = scores.detach().to(torch.float64).cpu().reshape(-1)
         if scores.shape != (n,):
@@ -275,6 +283,11 @@ class Detector:
         if not self.capabilities.trains:
             state.pop("model_", None)
         return state
+
+    def _set_fitted_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_fitted_state` returned (:func:`load_detector`)."""
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def save(self, path: str | Path) -> None:
         """Write ``path.json`` (name, hyperparameters, small state) and ``path.safetensors`` (arrays).
@@ -326,10 +339,8 @@ def load_detector(path: str | Path, model: nn.Module | None = None) -> Detector:
     except (OSError, ValueError, KeyError) as e:
         raise OodlabError(f"cannot load detector from {path}: {e}") from None
     det = create_detector(meta["detector"], **meta["params"])
-    for k, v in meta["state"].items():
-        setattr(det, k, v)
-    for k in meta["arrays"]:
-        setattr(det, k, arrays[k])
+    state: dict[str, Any] = dict(meta["state"])
+    state.update({k: arrays[k] for k in meta["arrays"]})
     for k, spec in modules.items():
         module = build_from_spec(spec)
         prefix = f"{k}/"
@@ -339,7 +350,8 @@ def load_detector(path: str | Path, model: nn.Module | None = None) -> Detector:
             raise OodlabError(
                 f"cannot load detector from {path}: module {k}: {str(e).splitlines()[0]}"
             ) from None
-        setattr(det, k, module.eval())
+        state[k] = module.eval()
+    det._set_fitted_state(state)
     if model is not None:
         det.model_ = model
     elif not hasattr(det, "model_"):

@@ -28,6 +28,7 @@ from oodlab.training.recipes import (  # isort: skip  (recipes import the traine
     finetune,
     get_recipe,
     make_network,
+    self_conditioned_autoencoder,
     with_recipe,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "register_aux",
     "register_objective",
     "save_checkpoint",
+    "self_conditioned_autoencoder",
     "train",
     "with_recipe",
 ]

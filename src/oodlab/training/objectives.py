@@ -95,8 +95,14 @@ class Objective:
         """
         return {}
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None) -> Tensor:
-        """The batch's scalar loss; one forward pass over the ID and auxiliary images together."""
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
+        """The batch's scalar loss; one forward pass over the ID and auxiliary images together.
+
+        ``context`` is per-image conditioning the trainer computed once (a frozen classifier's
+        logits, for a recipe with ``classifier``); classification objectives ignore it.
+        """
         if x_aux is None or len(x_aux) == 0:
             return self.batch_loss(model(x), y, None)
         logits = model(torch.cat([x, x_aux]))
@@ -255,12 +261,37 @@ class EntropyMinimisation(Objective):
             )
         return {}
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None) -> Tensor:
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
         if self.lam == 0:
             return F.cross_entropy(model(x), y)
         logits, blocks = model.forward_blocks(x)  # type: ignore[operator]
         entropy = torch.stack([channel_entropy(b) for b in blocks]).sum(dim=0).mean()
         return F.cross_entropy(logits, y) + self.lam * entropy
+
+
+@register_objective("reconstruction")
+class Reconstruction(Objective):
+    """``mean((x̂ − x)²)``: the mean squared error of a one-pass reconstruction ``x̂`` of the batch.
+
+    For autoencoders (:class:`~oodlab.models.autoencoder.SelfConditionedAutoencoder`):
+    ``x̂ = model.reconstruct(x, logits)``, conditioned on the frozen classifier's logits that the
+    trainer gives as ``context`` (computed from ``x`` if not given). Labels are not used.
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, x_aux: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
+        reconstruct = getattr(model, "reconstruct", None)
+        if reconstruct is None:
+            raise OodlabError(
+                f"objective 'reconstruction' trains autoencoders; {type(model).__name__} has no reconstruct()"
+            )
+        return F.mse_loss(reconstruct(x, context), x)
 
 
 __all__ = [
@@ -269,6 +300,7 @@ __all__ = [
     "EnergyMargin",
     "Objective",
     "OutlierExposure",
+    "Reconstruction",
     "create_objective",
     "energy",
     "channel_entropy",

@@ -14,6 +14,8 @@ Methods that train build on the suite's (base) recipe:
 - :func:`ensemble_members`: ``M`` copies of the base recipe that differ only in their seed;
   member 0 is the base network itself, member ``j`` uses seed ``seed + 10000·j``, so an
   ensemble of 3 reuses the first three members of an ensemble of 5 from the checkpoint cache.
+- :func:`self_conditioned_autoencoder`: the HSCAE network, an autoencoder trained beside the
+  base network, which it keeps frozen and is conditioned on.
 - :class:`Network`: what a method scores with, one recipe or several members, and
   :func:`make_network`, which loads or trains each of them once.
 """
@@ -199,6 +201,42 @@ def finetune(
     )
 
 
+def self_conditioned_autoencoder(
+    base: TrainConfig,
+    *,
+    latent_dim: int = 8,
+    width: int = 6,
+    temperature: float = 2.0,
+    epochs: int = 1,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+) -> TrainConfig:
+    """The HSCAE network's recipe: ``base``'s classifier, frozen, and an autoencoder conditioned on it.
+
+    The model is :class:`~oodlab.models.autoencoder.SelfConditionedAutoencoder` (``"hscae"``)
+    around ``base``'s network, which is loaded (or trained) from the cache and never updated;
+    the autoencoder minimises the reconstruction MSE with Adam (cosine schedule from ``lr``,
+    batch 128) for ``epochs`` epochs over the ID training images, seeded by ``base.seed``.
+    """
+    return TrainConfig(
+        model="hscae",
+        model_kwargs={
+            "classifier": {"model": base.model, "kwargs": dict(base.model_kwargs)},
+            "latent_dim": latent_dim,
+            "width": width,
+            "temperature": float(temperature),
+        },
+        optimizer="adam",
+        lr=float(lr),
+        schedule="cosine",
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=base.seed,
+        objective="reconstruction",
+        classifier=base,
+    )
+
+
 @dataclass(frozen=True)
 class Network:
     """How a method's network is made: one recipe, or several members combined by mean softmax."""
@@ -228,6 +266,12 @@ class Network:
             parts.append(f"aux {first.aux} (n={first.n_aux})")
         if first.init_from is not None:
             parts.append(f"fine-tuned {first.epochs} epoch(s) from the base network")
+        if first.classifier is not None:
+            kw = {k: v for k, v in first.model_kwargs.items() if k != "classifier"}
+            parts.append(
+                f"{', '.join(f'{k}={v}' for k, v in sorted(kw.items()))}, {first.epochs} epoch(s), "
+                f"beside the frozen base {first.classifier.model}"
+            )
         if len(self.members) > 1:
             parts.append(f"{len(self.members)} members, mean softmax")
         return ", ".join(parts)
@@ -285,5 +329,6 @@ __all__ = [
     "get_recipe",
     "lenet_recipe",
     "make_network",
+    "self_conditioned_autoencoder",
     "with_recipe",
 ]

@@ -3,7 +3,9 @@
 A :class:`TrainConfig` names everything that makes a network: the model, the optimiser and
 schedule, the training objective with its parameters (:mod:`oodlab.training.objectives`), the
 auxiliary outlier set the objective trains on (:mod:`oodlab.training.aux`), and, for a
-fine-tuning step, the configuration of the base network it starts from (``init_from``). The
+fine-tuning step, the configuration of the base network it starts from (``init_from``), and for a
+model built around a frozen classifier (the HSCAE autoencoder), that classifier's recipe
+(``classifier``): it is loaded or trained first, copied into the model and never updated. The
 checkpoint cache is keyed by a hash of the configuration, the training data's content and the
 auxiliary set's content, so a fine-tuning step loads (or trains) its base network from the same
 cache and is itself cached like any training.
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from oodlab import features
 from oodlab.data.imageset import ImageSet
 from oodlab.data.sources import cache_dir
 from oodlab.device import resolve_device
@@ -66,6 +70,10 @@ class TrainConfig:
     aux_batch_size: int | None = None
     #: Fine-tuning: the recipe of the base network whose weights training starts from.
     init_from: TrainConfig | None = None
+    #: A model built around a frozen classifier (``model.classifier``): that classifier's recipe.
+    #: It is loaded (or trained) first, copied in and frozen; its logits on every training image
+    #: are computed once and given to the objective as the batch's ``context``.
+    classifier: TrainConfig | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -74,8 +82,9 @@ class TrainConfig:
             raise OodlabError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise OodlabError("epochs and batch_size must be at least 1")
-        if isinstance(self.init_from, dict):
-            object.__setattr__(self, "init_from", TrainConfig.from_dict(self.init_from))
+        for name in ("init_from", "classifier"):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, TrainConfig.from_dict(getattr(self, name)))
         uses_aux = self.make_objective().uses_aux
         if uses_aux and self.aux is None:
             raise OodlabError(f"objective {self.objective!r} trains on auxiliary outliers: name a set (aux)")
@@ -116,6 +125,8 @@ class TrainConfig:
                 d.pop(f.name)
         if self.init_from is not None:
             d["init_from"] = self.init_from.identity()
+        if self.classifier is not None:
+            d["classifier"] = self.classifier.identity()
         return d
 
     def key(self, data_fingerprint: str, aux_fingerprint: str | None = None) -> str:
@@ -134,7 +145,8 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 _LATER_FIELDS = [
     f
     for f in dataclasses.fields(TrainConfig)
-    if f.name in ("objective", "objective_params", "aux", "n_aux", "aux_batch_size", "init_from")
+    if f.name
+    in ("objective", "objective_params", "aux", "n_aux", "aux_batch_size", "init_from", "classifier")
 ]
 
 
@@ -165,16 +177,34 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def _freeze_classifier(
+    cfg: TrainConfig, model: nn.Module, classifier: nn.Module | None, data: ImageSet
+) -> Tensor | None:
+    """Copy ``classifier`` into ``model.classifier`` and freeze it; its logits on ``data``."""
+    if cfg.classifier is None:
+        return None
+    target = getattr(model, "classifier", None)
+    if classifier is None or not isinstance(target, nn.Module):
+        raise OodlabError(
+            f"recipe for {cfg.model!r} is built around a frozen classifier: the model needs a "
+            "`classifier` module and train() the trained classifier (classifier=)"
+        )
+    target.load_state_dict(classifier.state_dict(), strict=True)
+    target.requires_grad_(False)
+    return features.outputs(classifier, data).logits
+
+
 def train(
     cfg: TrainConfig,
     data: ImageSet,
     *,
     aux: ImageSet | None = None,
     init: TappedModel | None = None,
+    classifier: nn.Module | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> tuple[TappedModel, dict[str, Any]]:
-    """Train a classifier on ``data`` with ``cfg``'s objective.
+    """Train a model on ``data`` with ``cfg``'s objective.
 
     Deterministic for a given ``cfg.seed`` on a given machine: the seed fixes initialisation,
     batch order, the auxiliary batches and dropout.
@@ -185,6 +215,9 @@ def train(
         aux: Auxiliary outliers, for objectives that use them: each step draws
             ``cfg.aux_batch_size`` of them (with replacement) beside the ID batch.
         init: Start from a copy of this network's weights (fine-tuning); it is not modified.
+        classifier: For a recipe with ``cfg.classifier``: the trained classifier, copied into
+            the model's ``classifier`` and frozen; its logits on ``data`` (computed once, through
+            the outputs cache) are each batch's ``context``. It is not modified.
         progress: Show a progress bar.
         device: Where to train (:func:`oodlab.device.resolve_device`; ``None``: the CPU); the
             model is returned there.
@@ -205,8 +238,9 @@ def train(
     model = build_model(cfg, num_classes, data.shape)
     if init is not None:
         model.load_state_dict(init.state_dict(), strict=True)
-    model.to(dev)
     x_all, y_all = data.tensor(), data.labels()
+    context = _freeze_classifier(cfg, model, classifier, data)
+    model.to(dev)  # after the frozen classifier is copied in, so it moves with the model
     x_aux = aux.tensor() if objective.uses_aux and aux is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
     # A generator of its own, so the ID batches are those plain training would draw.
@@ -215,7 +249,7 @@ def train(
     model.eval()
     probe = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + 2))[:5000]
     settled = objective.prepare(model, x_all[probe].to(dev), None if x_aux is None else x_aux[:5000].to(dev))
-    opt = _optimizer(cfg, model.parameters())
+    opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     base_lrs = [g["lr"] for g in opt.param_groups]
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     step, t0, losses = 0, time.perf_counter(), []
@@ -241,7 +275,10 @@ def train(
             if x_aux is not None:
                 pick = torch.randint(len(x_aux), (aux_batch,), generator=gen_aux)
                 ab = x_aux[pick].to(dev).contiguous(memory_format=torch.channels_last)
-            loss = objective.loss(model, xb, y_all[idx].to(dev), ab)
+            if context is None:
+                loss = objective.loss(model, xb, y_all[idx].to(dev), ab)
+            else:
+                loss = objective.loss(model, xb, y_all[idx].to(dev), ab, context=context[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -278,6 +315,7 @@ def fit_or_load(
     it is cached under its own name (``…-cuda.safetensors``).
 
     A fine-tuning recipe (``cfg.init_from``) first loads or trains its base network the same
+    way, and so does a recipe built around a frozen classifier (``cfg.classifier``), its classifier;
     way. The auxiliary outliers are ``aux`` if given, else ``cfg.n_aux`` images of the named
     set ``cfg.aux`` built from ``data`` for ``cfg.seed``; their content hash is part of the key.
 
@@ -306,13 +344,18 @@ def fit_or_load(
         load_checkpoint(model, path)
         model.to(dev).eval()
         return model, {**meta, "cached": True, "path": str(path)}
-    base = None
+    base = frozen = None
     base_meta: dict[str, Any] | None = None
+    frozen_meta: dict[str, Any] | None = None
     if cfg.init_from is not None:
         base, base_meta = fit_or_load(
             cfg.init_from, data, checkpoint_dir=directory, progress=progress, device=dev
         )
-    model, stats = train(cfg, data, aux=aux, init=base, progress=progress, device=dev)
+    if cfg.classifier is not None:
+        frozen, frozen_meta = fit_or_load(
+            cfg.classifier, data, checkpoint_dir=directory, progress=progress, device=dev
+        )
+    model, stats = train(cfg, data, aux=aux, init=base, classifier=frozen, progress=progress, device=dev)
     meta: dict[str, Any] = {
         "config": cfg.to_dict(),
         "data": {"name": data.name, "fingerprint": data.fingerprint, "n": len(data)},
@@ -324,6 +367,11 @@ def fit_or_load(
         meta["aux"] = {"name": aux.name, "fingerprint": aux.fingerprint, "n": len(aux)}
     if base_meta is not None:
         meta["init_from"] = {"path": base_meta["path"], "train_seconds": base_meta["stats"]["train_seconds"]}
+    if frozen_meta is not None:
+        meta["classifier"] = {
+            "path": frozen_meta["path"],
+            "train_seconds": frozen_meta["stats"]["train_seconds"],
+        }
     save_checkpoint(model, path, meta)
     return model, {**meta, "cached": False, "path": str(path)}
 
