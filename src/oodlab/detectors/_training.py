@@ -1,9 +1,12 @@
-"""Parameter checks and the fine-tuning network shared by the methods that train their network."""
+"""Parameter checks and the networks (fine-tuned, or trained with an objective) of the methods that train."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
+
+from torch import nn
 
 from oodlab.errors import OodlabError
 from oodlab.training.aux import check_aux
@@ -71,3 +74,49 @@ class FinetuneMethod:
                 lr=self.lr,
             )
         )
+
+
+class ObjectiveMethod:
+    """Mixin of a method whose network is the suite's recipe trained from scratch with its own objective.
+
+    The network is the base recipe (same network, optimiser, schedule, epochs and seed) with
+    ``objective`` and :meth:`objective_params` in place of cross-entropy; an objective that
+    needs a method head (:mod:`oodlab.models.heads`) gets its network built with it. Subclasses
+    set ``objective`` and ``head`` (the head class their score reads, or ``None``).
+    """
+
+    name: str
+    objective: str
+    head: type | None = None
+
+    def objective_params(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_objective(self) -> None:
+        """Build the objective once, so a bad parameter fails here, naming the detector and parameter."""
+        try:
+            create_objective(self.objective, **self.objective_params())
+        except OodlabError as e:
+            raise OodlabError(f"detector {self.name!r}: {e}") from None
+
+    def network(self, base: TrainConfig) -> Network:
+        return Network.single(
+            replace(
+                base,
+                objective=self.objective,
+                objective_params=self.objective_params(),
+                aux=None,
+                init_from=None,
+            )
+        )
+
+    def method_head(self, model: nn.Module) -> Any:
+        """``model.head`` if the network has this method's head; else an error saying how to build it."""
+        head = getattr(model, "head", None)
+        if self.head is not None and not isinstance(head, self.head):
+            raise OodlabError(
+                f"detector {self.name!r} scores a network trained with objective {self.objective!r}, whose "
+                f"final layer is a {self.head.name!r} head (got {type(head).__name__}); build it with "
+                "make_network(det.network(recipe), id_train)"
+            )
+        return head

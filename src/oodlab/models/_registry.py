@@ -96,7 +96,9 @@ def create_model(name: str, **kwargs: object) -> TappedModel:
     """Build the registered model ``name`` with keyword arguments ``kwargs``.
 
     The model remembers how it was built (``model.oodlab_spec``), so that a saved detector can
-    rebuild a learned network from its weights (:mod:`oodlab.models.spec`).
+    rebuild a learned network from its weights (:mod:`oodlab.models.spec`). ``head={"name": ...,
+    **params}`` replaces the network's final linear layer by a method head that reads the same
+    penultimate features (:mod:`oodlab.models.heads`).
     """
     if name not in _MODELS:
         raise OodlabError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -105,7 +107,14 @@ def create_model(name: str, **kwargs: object) -> TappedModel:
             f"model {name!r} has no residual blocks: activation= sets the activation after each residual "
             f"addition, so only residual networks take it ({', '.join(sorted(_RESIDUAL))})"
         )
+    head = kwargs.pop("head", None)
     model = _MODELS[name](**kwargs)
+    if head is not None:
+        from oodlab.models.heads import create_head
+
+        # The trunk is kept; its final linear layer gives way to the method's head.
+        model.head = create_head(head, model.head.in_features, model.num_classes)  # type: ignore[assignment]
+        kwargs["head"] = head
     model.oodlab_spec = {"model": name, "kwargs": dict(kwargs)}
     return model
 

@@ -1,7 +1,11 @@
 """Training: one seeded trainer, objectives, auxiliary outlier sets, recipes and safe checkpoints.
 
 - :mod:`~oodlab.training.objectives`: what the trainer minimises (``cross-entropy``,
-  ``outlier-exposure``, ``energy-margin``), a registry like the detectors'.
+  ``outlier-exposure``, ``energy-margin``; ``bin``/``binc`` in :mod:`~oodlab.training.binary`,
+  ``vib``/``viby`` in :mod:`~oodlab.training.bottleneck`), a registry like the detectors'.
+- :mod:`~oodlab.training.mmce`: the MMCE calibration losses, plain and weighted
+  (:func:`mmce`, :func:`mmce_weighted`); :mod:`~oodlab.training.gaussian`: closed-form KL
+  divergences of diagonal Gaussians.
 - :mod:`~oodlab.training.aux`: auxiliary outlier sets made from ID training images or noise.
 - :mod:`~oodlab.training.recipes`: named recipes, fine-tuning steps, ensemble members and the
   :class:`Network` a method scores with.
@@ -10,6 +14,8 @@
 
 from oodlab.training.aux import build_aux, check_aux, list_aux, register_aux
 from oodlab.training.checkpoint import load_checkpoint, save_checkpoint
+from oodlab.training.gaussian import kl_diag_gaussians, kl_standard_normal
+from oodlab.training.mmce import mmce, mmce_weighted
 from oodlab.training.objectives import (
     Objective,
     create_objective,
@@ -44,6 +50,10 @@ __all__ = [
     "check_aux",
     "create_objective",
     "ensemble_members",
+    "kl_diag_gaussians",
+    "kl_standard_normal",
+    "mmce",
+    "mmce_weighted",
     "finetune",
     "fit_or_load",
     "get_objective_class",

@@ -86,6 +86,15 @@ class Objective:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
+    def head_spec(self) -> dict[str, Any] | None:
+        """The method head the network is built with in place of its final linear layer.
+
+        ``None`` (default): the network's own linear layer. Otherwise ``{"name": ..., **params}``
+        of a head in :mod:`oodlab.models.heads`; :func:`~oodlab.training.build_model` passes it
+        to ``create_model``, so the network's spec (and its checkpoint key) include it.
+        """
+        return None
+
     def prepare(self, model: nn.Module, x_id: Tensor, x_aux: Tensor | None) -> dict[str, Any]:
         """Settle data-dependent parameters before training starts (default: none).
 
@@ -293,6 +302,8 @@ class Reconstruction(Objective):
             )
         return F.mse_loss(reconstruct(x, context), x)
 
+# The objectives of the other modules of this package register themselves on import.
+from oodlab.training import binary, bottleneck  # noqa: E402,F401
 
 __all__ = [
     "CrossEntropy",

@@ -151,10 +151,17 @@ _LATER_FIELDS = [
 
 
 def build_model(cfg: TrainConfig, num_classes: int, shape: tuple[int, int, int]) -> TappedModel:
-    """The model a recipe names, for ``num_classes`` classes and images of ``shape``."""
+    """The model a recipe names, for ``num_classes`` classes and images of ``shape``.
+
+    An objective that needs a method head (BINC, VIB, VIBY) gets its network with that head in
+    place of the final linear layer (:meth:`Objective.head_spec`).
+    """
     kw = {"num_classes": num_classes, "in_channels": shape[0], **cfg.model_kwargs}
     if shape[1] == shape[2] and "image_size" not in cfg.model_kwargs:
         kw["image_size"] = shape[1]
+    head = cfg.make_objective().head_spec()
+    if head is not None:
+        kw["head"] = head
     return create_model(cfg.model, **kw)
 
 
