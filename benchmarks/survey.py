@@ -9,12 +9,14 @@ network). Every run is resumable and every network cached. Then it writes mean �
 over the seeds found: FPR@95, detection error, AUROC, AUPR-In, AUPR-Out, and ID test accuracy,
 and checks the survey's claims against them. From the repository root:
 
-    nice -n 15 .venv/bin/python benchmarks/survey.py                      # seeds 0,1,2
-    .venv/bin/python benchmarks/survey.py --seeds 0                       # one seed
+    nice -n 15 .venv/bin/python benchmarks/survey.py                      # seeds 0,1,2, LeNet-5
+    .venv/bin/python benchmarks/survey.py --seeds 0 --recipe lenet        # one seed, the suites' LeNet
     .venv/bin/python benchmarks/survey.py --aggregate-only                # re-tabulate saved runs
 
-Output: ``benchmarks/results/survey.md`` and ``survey.json``; each run's ``results.json``,
-``results.md`` and ``models.json`` under ``benchmarks/results/survey/``.
+The default recipe is ``lenet5`` (LeNet-5, 5 epochs): on the shared 2-core machine the
+suites' own LeNet (1.2M parameters) costs about 30 times as much per epoch. Output:
+``benchmarks/results/survey-RECIPE.md`` and ``.json``; each run's ``results.json``,
+``results.md`` and ``models.json`` under ``benchmarks/results/survey/RECIPE/``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def run_dir(root: Path, suite: str, seed: int) -> Path:
     return root / f"{suite}-seed{seed}"
 
 
-def run(root: Path, suite: str, seed: int, detectors: str) -> float:
+def run(root: Path, suite: str, seed: int, detectors: str, recipe: str) -> float:
     """One resumable ``oodlab bench`` run; returns its wall time."""
     cmd = [
         sys.executable,
@@ -63,6 +65,8 @@ def run(root: Path, suite: str, seed: int, detectors: str) -> float:
         str(seed),
         "--detectors",
         detectors,
+        "--recipe",
+        recipe,
         "--out",
         str(run_dir(root, suite, seed)),
         "--no-plots",
@@ -75,21 +79,224 @@ def run(root: Path, suite: str, seed: int, detectors: str) -> float:
     return time.perf_counter() - t0
 
 
+def collect(
+    root: Path, suites: list[str], seeds: list[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every saved row and every network summary (``models.json``) of the runs that exist."""
+    rows: list[dict[str, Any]] = []
+    models: list[dict[str, Any]] = []
+    for suite in suites:
+        for seed in seeds:
+            d = run_dir(root, suite, seed)
+            if (d / "results.json").exists():
+                rows += json.loads((d / "results.json").read_text())
+            if (d / "models.json").exists():
+                models += json.loads((d / "models.json").read_text())
+    return rows, models
+
+
+def fmt(values: list[float], scale: float = 100.0) -> str:
+    a = scale * np.asarray(values, dtype=float)
+    if len(a) == 0:
+        return "—"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
+def mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def by_cell(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Rows grouped by (suite, OOD set, detector), sorted by seed."""
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[(r["suite"], r["ood"], r["detector"])].append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in out.items()}
+
+
+def verdict(ok: list[bool]) -> str:
+    if not ok:
+        return "not measured"
+    if all(ok):
+        return f"**holds** ({len(ok)} of {len(ok)})"
+    if not any(ok):
+        return f"**does not hold** (0 of {len(ok)})"
+    return f"**holds in {sum(ok)} of {len(ok)}**"
+
+
+def tables(rows: list[dict[str, Any]], suites: list[str], recipe: str) -> tuple[str, dict[str, Any]]:
+    cells = by_cell(rows)
+    present = [s for s in suites if any(k[0] == s for k in cells)]
+    summary: dict[str, Any] = {"metrics": {}, "accuracy": {}, "claims": {}, "targets": {}}
+    lines = [
+        "# BIN, BINC, VIB and VIBY against MSP, temperature scaling and ODIN",
+        "",
+        "Blind protocol: `temperature` and `odin` tune T (and ε) on ID validation images and the suite's "
+        "synthetic OOD validation set, never on an OOD test set; the methods tune nothing. `msp`, "
+        f"`temperature` and `odin` score the suite's base network (recipe `{recipe}`); "
+        "`bin`, `binc`, `vib` and `viby` are each "
+        "trained from scratch with the same recipe (network, optimiser, schedule, epochs, seed) and their "
+        "own objective and head (`viby-1` and `viby-2` are two scores of one network). Percent, mean ± std "
+        "(ddof 1) over the seeds in each heading. Made by `benchmarks/survey.py`.",
+        "",
+    ]
+    for suite in present:
+        seeds = sorted({r["seed"] for r in rows if r["suite"] == suite})
+        for ood in (REAL_OOD[suite], GAUSSIAN):
+            body = []
+            for d in DETECTORS:
+                rs = cells.get((suite, ood, d), [])
+                if not rs:
+                    continue
+                body.append([f"`{d}`", *(fmt([r[m] for r in rs]) for m, _ in METRICS)])
+                summary["metrics"].setdefault(suite, {}).setdefault(ood, {})[d] = {
+                    m: [r[m] for r in rs] for m, _ in METRICS
+                } | {"seeds": [r["seed"] for r in rs]}
+            lines += [
+                f"## {suite}: OOD set `{ood}` (seeds {', '.join(map(str, seeds))})",
+                "",
+                tabulate(body, ["detector", *(h for _, h in METRICS)], tablefmt="github"),
+                "",
+            ]
+    # Accuracy: of the base network (the msp rows) and of each method's network.
+    lines += ["## ID test accuracy", ""]
+    acc_body = []
+    for suite in present:
+        real = REAL_OOD[suite]
+        base = [r["id_accuracy"] for r in cells.get((suite, real, "msp"), [])]
+        row = [suite, fmt(base)]
+        summary["accuracy"][suite] = {"base": base}
+        for d in ("bin", "binc", "vib", "viby-1"):
+            acc = [r["id_accuracy"] for r in cells.get((suite, real, d), [])]
+            summary["accuracy"][suite][d] = acc
+            delta = 100 * (mean(acc) - mean(base)) if acc and base else float("nan")
+            row.append(f"{fmt(acc)} ({delta:+.2f})" if acc else "—")
+        acc_body.append(row)
+    lines += [
+        tabulate(
+            acc_body,
+            ["suite", "base (msp, temperature, odin)", "bin", "binc", "vib", "viby"],
+            tablefmt="github",
+        ),
+        "",
+        "In parentheses: the difference from the base network, in points (mean over seeds).",
+        "",
+    ]
+    return "\n".join(lines) + "\n", summary
+
+
+def claims(rows: list[dict[str, Any]], suites: list[str], summary: dict[str, Any]) -> str:
+    """The survey's claims and the issue's targets, checked on the means over seeds."""
+    cells = by_cell(rows)
+    pairs = [(s, o) for s in suites for o in (REAL_OOD[s], GAUSSIAN) if (s, o, "msp") in cells]
+
+    def m(suite: str, ood: str, det: str, metric: str) -> float:
+        return mean([r[metric] for r in cells.get((suite, ood, det), [])])
+
+    def acc(suite: str, det: str) -> float:
+        return mean([r["id_accuracy"] for r in cells.get((suite, REAL_OOD[suite], det), [])])
+
+    free = ("auroc", "aupr_in", "aupr_out")
+    out = ["## The survey's claims, here", ""]
+    # 1. Accuracy: BIN loses about 1.2 points, BINC keeps it.
+    d_bin = {s: 100 * (acc(s, "bin") - acc(s, "msp")) for s, _ in pairs}
+    d_binc = {s: 100 * (acc(s, "binc") - acc(s, "msp")) for s, _ in pairs}
+    out.append(
+        "1. *BIN loses about 1.2 points of accuracy, BINC keeps it.* BIN − base: "
+        + ", ".join(f"{s} {v:+.2f}" for s, v in d_bin.items())
+        + "; BINC − base: "
+        + ", ".join(f"{s} {v:+.2f}" for s, v in d_binc.items())
+        + ". BIN loses ≥ 0.6 points: "
+        + verdict([v <= -0.6 for v in d_bin.values()])
+        + "; BINC within 0.5 points of base or better: "
+        + verdict([v >= -0.5 for v in d_binc.values()])
+        + "."
+    )
+    checks = {
+        "2. *BINC ≥ BIN* (AUROC, AUPR-In, AUPR-Out; per suite × OOD set × metric)": [
+            m(s, o, "binc", k) >= m(s, o, "bin", k) for s, o in pairs for k in free
+        ],
+        "3a. *VIBY ≥ VIB on the threshold-free metrics*, VIBY-I": [
+            m(s, o, "viby-1", k) >= m(s, o, "vib", k) for s, o in pairs for k in free
+        ],
+        "3b. the same, VIBY-II": [m(s, o, "viby-2", k) >= m(s, o, "vib", k) for s, o in pairs for k in free],
+        "4. *VIBY-II ≥ VIBY-I* (AUROC, AUPR-In, AUPR-Out)": [
+            m(s, o, "viby-2", k) >= m(s, o, "viby-1", k) for s, o in pairs for k in free
+        ],
+        "5. *ODIN is the best of them* (highest AUROC of all eight, per suite × OOD set)": [
+            all(m(s, o, "odin", "auroc") >= m(s, o, d, "auroc") for d in DETECTORS if (s, o, d) in cells)
+            for s, o in pairs
+        ],
+    }
+    for label, ok in checks.items():
+        out.append(f"{label}: {verdict(ok)}.")
+        summary["claims"][label] = ok
+    best = {
+        (s, o): max((d for d in DETECTORS if (s, o, d) in cells), key=lambda d: m(s, o, d, "auroc"))
+        for s, o in pairs
+    }
+    out.append("   Highest mean AUROC: " + "; ".join(f"{s} / {o}: `{d}`" for (s, o), d in best.items()) + ".")
+    summary["claims"]["best_auroc"] = {f"{s}/{o}": d for (s, o), d in best.items()}
+    out += ["", "## Targets of the issue", ""]
+    g = {s: 100 * m(s, GAUSSIAN, "viby-2", "auroc") for s, o in pairs if o == GAUSSIAN}
+    out.append(
+        "- VIBY-II AUROC ≥ 99.4 on the Gaussian set of every suite: "
+        + ", ".join(f"{s} {v:.2f}" for s, v in g.items())
+        + f" → {'met' if g and all(v >= 99.4 for v in g.values()) else 'not met'}."
+    )
+    summary["targets"]["viby2_gaussian_auroc"] = g
+    if ("fmnist-vs-mnist", "mnist", "msp") in cells:
+        msp = 100 * m("fmnist-vs-mnist", "mnist", "msp", "auroc")
+        gains = {d: 100 * m("fmnist-vs-mnist", "mnist", d, "auroc") - msp for d in METHODS}
+        out.append(
+            f"- One of the four beats MSP ({msp:.2f}) on fmnist-vs-mnist's MNIST by ≥ 5 AUROC points: "
+            + ", ".join(f"`{d}` {v:+.2f}" for d, v in gains.items())
+            + f" → {'met' if any(v >= 5 for v in gains.values()) else 'not met'}."
+        )
+        summary["targets"]["gain_over_msp_fmnist_vs_mnist"] = gains
+    within = {
+        (s, d): 100 * (acc(s, d) - acc(s, "msp"))
+        for s in {p[0] for p in pairs}
+        for d in ("bin", "binc", "vib", "viby-1")
+    }
+    bad = {k: v for k, v in within.items() if abs(v) > 1.5}
+    out.append(
+        "- Each method's ID accuracy within 1.5 points of the base network's: "
+        + (
+            "met"
+            if not bad
+            else "not met for " + ", ".join(f"{d} on {s} ({v:+.2f})" for (s, d), v in bad.items())
+        )
+        + "."
+    )
+    summary["targets"]["accuracy_outside_1.5"] = {f"{s}/{d}": v for (s, d), v in bad.items()}
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--detectors", default=",".join(DETECTORS))
-    ap.add_argument("--root", type=Path, default=Path("benchmarks/results/survey"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/survey.md"))
+    ap.add_argument("--recipe", default="lenet5", help="the suites' network recipe (oodlab list recipes)")
+    ap.add_argument("--root", type=Path, default=None, help="default: benchmarks/results/survey/RECIPE")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/survey-RECIPE.md")
     ap.add_argument("--aggregate-only", action="store_true", help="tabulate the saved runs")
     args = ap.parse_args()
     suites = [s for s in args.suites.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.root = args.root or Path("benchmarks/results/survey") / args.recipe
+    args.out = args.out or Path(f"benchmarks/results/survey-{args.recipe}.md")
     if not args.aggregate_only:
         for seed in seeds:
             for suite in suites:
-                run(args.root, suite, seed, args.detectors)
+                run(args.root, suite, seed, args.detectors, args.recipe)
+    rows, _ = collect(args.root, suites, seeds)
+    text, summary = tables(rows, suites, args.recipe)
+    text += "\n" + claims(rows, suites, summary)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,17 @@ def test_fit_leaves_model_unchanged(name: str, mode: str, tiny_setup: dict, mode
         model.eval()
 
 
+@pytest.fixture(autouse=True)
+def _known_failures(request: pytest.FixtureRequest) -> None:
+    """A check a detector declares it fails (``Detector.xfail_checks``) runs as a strict xfail."""
+    callspec = getattr(request.node, "callspec", None)
+    name = callspec.params.get("name") if callspec is not None else None
+    if name in DETECTORS:
+        reason = get_detector_class(name).xfail_checks.get(request.node.originalname)
+        if reason is not None:
+            request.node.add_marker(pytest.mark.xfail(reason=f"{name}: {reason}", strict=True))
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_separates_an_easy_case(name: str, fitted_detectors: dict, tiny_setup: dict) -> None:
     """AUROC with ID positive above 0.9: catches a flipped score sign."""

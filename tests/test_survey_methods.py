@@ -258,3 +258,47 @@ def test_method_detectors_refuse_a_network_without_their_head() -> None:
     for name in ("binc", "vib", "viby-1", "viby-2"):
         with pytest.raises(OodlabError, match="make_network"):
             create_detector(name).fit(plain, pattern_images(10, seed=0))
+
+
+# -- scores by hand ------------------------------------------------------------------------------
+
+
+def test_scores_by_hand_from_the_penultimate_features() -> None:
+    x = pattern_images(12, seed=5).tensor()
+    for objective, names in (
+        ("bin", ["bin"]),
+        ("binc", ["binc"]),
+        ("vib", ["vib"]),
+        ("viby", ["viby-1", "viby-2"]),
+    ):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig(objective=objective, objective_params={}), N_CLASSES, (1, SIZE, SIZE))
+        model.eval()
+        with torch.no_grad():
+            h = model.forward_features(model.normalize(x), TapRecorder()).double()
+            head = model.head.double()
+            want: dict[str, torch.Tensor] = {}
+            if objective == "bin":
+                want["bin"] = torch.log(torch.sigmoid(head(h)).max(1).values)
+            elif objective == "binc":
+                b = head.bin_head(torch.relu(head.shared(h)))
+                want["binc"] = torch.log(torch.sigmoid(b).max(1).values)
+            else:
+                mu, lv = head.encode(h)
+                if objective == "vib":
+                    want["vib"] = -0.5 * (mu**2 + lv.exp() - lv - 1).sum(1)
+                else:
+                    m, s = head.prior_mu, head.prior_logvar
+                    kl = 0.5 * (
+                        s[None]
+                        - lv[:, None]
+                        + (lv.exp()[:, None] + (mu[:, None] - m[None]) ** 2) / s.exp()[None]
+                        - 1
+                    ).sum(2)
+                    p = torch.softmax(head(h), 1)
+                    want["viby-1"] = -(p * kl).sum(1)
+                    want["viby-2"] = -kl.min(1).values
+            model.float()
+        for name in names:
+            got = create_detector(name).fit(model, pattern_images(10, seed=0)).score(x)
+            torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -44,6 +44,13 @@ class Vib(ObjectiveMethod, Detector):
 
     objective = "vib"
     head = GaussianHead
+    xfail_checks: ClassVar[dict[str, str]] = {
+        "test_separates_an_easy_case": (
+            "after 2 epochs on 600 images the encoder has learned to extract information only from "
+            "the ID patterns: their rate is about 15 nats, the dark images' under 1, so −rate ranks "
+            "every dark image above every ID image; the rate measures information, not novelty"
+        )
+    }
     needs = TAPS
     capabilities = trains(SHARED_PASS)
 

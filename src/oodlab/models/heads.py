@@ -60,7 +60,7 @@ def check_z_dim(value: Any, owner: str) -> int:
 
 
 def create_head(spec: dict[str, Any], in_features: int, num_classes: int) -> Head:
-    """The head ``spec`` (``{"name": ..., **params}``) on ``in_features`` features, ``num_classes`` classes."""
+    """The head ``spec`` (``{"name": ..., **params}``) on ``in_features`` inputs, ``num_classes`` classes."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise OodlabError(f"a head is given as {{'name': ..., **params}}, got {spec!r}")
     params = {k: v for k, v in spec.items() if k != "name"}
