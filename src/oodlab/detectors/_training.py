@@ -8,7 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from oodlab.data.imageset import ImageSet
+from oodlab.detectors.base import TAPS
 from oodlab.errors import OodlabError
+from oodlab.models import PENULTIMATE
 from oodlab.training.aux import check_aux
 from oodlab.training.objectives import create_objective
 from oodlab.training.recipes import Network, finetune
@@ -120,3 +123,24 @@ class ObjectiveMethod:
                 "make_network(det.network(recipe), id_train)"
             )
         return head
+
+
+class HeadMethod(ObjectiveMethod):
+    """Mixin of a method scored from its head on the penultimate features (BINC, VIB, VIBY).
+
+    It reads the ``penultimate`` tap of the shared forward pass (nothing from the training set)
+    and refuses, at ``fit``, a network without its head.
+    """
+
+    needs = TAPS
+
+    def required_taps(self, model: nn.Module) -> tuple[str, ...]:
+        return (PENULTIMATE,)
+
+    def train_taps(self, model: nn.Module) -> tuple[str, ...]:
+        return ()
+
+    def _fit(
+        self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
+    ) -> None:
+        self.method_head(model)

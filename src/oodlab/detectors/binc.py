@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from oodlab.data.imageset import ImageSet
 from oodlab.detectors._registry import register_detector
-from oodlab.detectors._training import ObjectiveMethod
-from oodlab.detectors.base import SHARED_PASS, TAPS, Detector, trains
+from oodlab.detectors._training import HeadMethod
+from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.detectors.bin import log_max_sigmoid
 from oodlab.features import Outputs
 from oodlab.models import PENULTIMATE
@@ -17,7 +16,7 @@ from oodlab.models.heads import BincHead
 
 
 @register_detector("binc")
-class Binc(ObjectiveMethod, Detector):
+class Binc(HeadMethod, Detector):
     """BINC (trains its network): the BIN head's largest sigmoid, next to a softmax head that predicts.
 
     The network is the suite's trunk with a :class:`~oodlab.models.heads.BincHead`: a shared
@@ -43,7 +42,6 @@ class Binc(ObjectiveMethod, Detector):
 
     objective = "binc"
     head = BincHead
-    needs = TAPS
     capabilities = trains(SHARED_PASS)
 
     def __init__(self, lam: float = 0.5, zeta: float = 0.05, z_dim: int = 64) -> None:
@@ -54,17 +52,6 @@ class Binc(ObjectiveMethod, Detector):
 
     def objective_params(self) -> dict[str, Any]:
         return {"lam": self.lam, "zeta": self.zeta, "z_dim": self.z_dim}
-
-    def required_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return (PENULTIMATE,)
-
-    def train_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return ()
-
-    def _fit(
-        self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
-    ) -> None:
-        self.method_head(model)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return log_max_sigmoid(self.method_head(self.model_).bin_logits(out.tap(PENULTIMATE)))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from oodlab.data.imageset import ImageSet
 from oodlab.detectors._registry import register_detector
-from oodlab.detectors._training import ObjectiveMethod
-from oodlab.detectors.base import SHARED_PASS, TAPS, Detector, trains
+from oodlab.detectors._training import HeadMethod
+from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.features import Outputs
 from oodlab.models import PENULTIMATE
 from oodlab.models.heads import GaussianHead
@@ -17,7 +16,7 @@ from oodlab.training.bottleneck import rate
 
 
 @register_detector("vib")
-class Vib(ObjectiveMethod, Detector):
+class Vib(HeadMethod, Detector):
     """VIB (trains its network): ``−KL(q(z|x) ‖ N(0, I))``, minus the rate of a bottleneck network.
 
     The network is the suite's trunk with a :class:`~oodlab.models.heads.GaussianHead`: an
@@ -51,7 +50,6 @@ class Vib(ObjectiveMethod, Detector):
             "every dark image above every ID image; the rate measures information, not novelty"
         )
     }
-    needs = TAPS
     capabilities = trains(SHARED_PASS)
 
     def __init__(self, beta: float = 0.005, z_dim: int = 64) -> None:
@@ -61,17 +59,6 @@ class Vib(ObjectiveMethod, Detector):
 
     def objective_params(self) -> dict[str, Any]:
         return {"beta": self.beta, "z_dim": self.z_dim}
-
-    def required_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return (PENULTIMATE,)
-
-    def train_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return ()
-
-    def _fit(
-        self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
-    ) -> None:
-        self.method_head(model)
 
     def _score_outputs(self, out: Outputs) -> Tensor:
         return -rate(self.method_head(self.model_), out.tap(PENULTIMATE))

@@ -5,24 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from oodlab.data.imageset import ImageSet
 from oodlab.detectors._registry import register_detector
-from oodlab.detectors._training import ObjectiveMethod
-from oodlab.detectors.base import SHARED_PASS, TAPS, Detector, trains
+from oodlab.detectors._training import HeadMethod
+from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.features import Outputs
 from oodlab.models import PENULTIMATE
 from oodlab.models.heads import ClassPriorGaussianHead
 from oodlab.training.bottleneck import class_rates
 
 
-class _Viby(ObjectiveMethod, Detector):
+class _Viby(HeadMethod, Detector):
     """The network and checks both VIBY scores share (one network, trained once for both)."""
 
     objective = "viby"
     head = ClassPriorGaussianHead
-    needs = TAPS
     capabilities = trains(SHARED_PASS)
 
     def __init__(self, beta: float = 0.01, z_dim: int = 64, priors: int | None = None) -> None:
@@ -36,17 +34,6 @@ class _Viby(ObjectiveMethod, Detector):
         if self.priors is not None:
             params["priors"] = self.priors
         return params
-
-    def required_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return (PENULTIMATE,)
-
-    def train_taps(self, model: nn.Module) -> tuple[str, ...]:
-        return ()
-
-    def _fit(
-        self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
-    ) -> None:
-        self.method_head(model)
 
 
 @register_detector("viby-1")
