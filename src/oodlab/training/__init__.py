@@ -25,6 +25,7 @@ from oodlab.training.objectives import (
 )
 from oodlab.training.trainer import TrainConfig, build_model, fit_or_load, train
 
+from oodlab.training import binary, bottleneck  # noqa: F401  # isort: skip  (register bin, binc, vib, viby)
 from oodlab.training.recipes import (  # isort: skip  (recipes import the trainer)
     DEFAULT_RECIPE,
     RECIPES,

@@ -302,8 +302,6 @@ class Reconstruction(Objective):
             )
         return F.mse_loss(reconstruct(x, context), x)
 
-# The objectives of the other modules of this package register themselves on import.
-from oodlab.training import binary, bottleneck  # noqa: E402,F401
 
 __all__ = [
     "CrossEntropy",
