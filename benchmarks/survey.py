@@ -13,8 +13,10 @@ and checks the survey's claims against them. From the repository root:
     .venv/bin/python benchmarks/survey.py --seeds 0 --recipe lenet        # one seed, the suites' LeNet
     .venv/bin/python benchmarks/survey.py --aggregate-only                # re-tabulate saved runs
 
-The default recipe is ``lenet5`` (LeNet-5, 5 epochs): on the shared 2-core machine the
-suites' own LeNet (1.2M parameters) costs about 30 times as much per epoch. Output:
+The default recipe is ``lenet5`` (LeNet-5, 5 epochs): on the shared 2-core machine one
+training step of the suites' own LeNet (1.2M parameters) costs about 9 times the CPU time of
+LeNet-5's. On a machine shared with other jobs, set ``OMP_NUM_THREADS=1``: there a two-thread
+PyTorch spent 28 times the CPU time per LeNet-5 step (its threads spin while waiting). Output:
 ``benchmarks/results/survey-RECIPE.md`` and ``.json``; each run's ``results.json``,
 ``results.md`` and ``models.json`` under ``benchmarks/results/survey/RECIPE/``.
 """
