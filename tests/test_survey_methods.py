@@ -302,3 +302,12 @@ def test_scores_by_hand_from_the_penultimate_features() -> None:
         for name in names:
             got = create_detector(name).fit(model, pattern_images(10, seed=0)).score(x)
             torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_or_malformed_head_is_a_clear_error() -> None:
+    with pytest.raises(OodlabError, match="unknown head 'nope'; known heads: binc, vib, viby"):
+        create_model("lenet", num_classes=3, image_size=SIZE, head={"name": "nope"})
+    with pytest.raises(OodlabError, match="a head is given as"):
+        create_model("lenet", num_classes=3, image_size=SIZE, head="vib")
+    with pytest.raises(OodlabError, match="head 'vib'"):
+        create_model("lenet", num_classes=3, image_size=SIZE, head={"name": "vib", "width": 3})

@@ -19,7 +19,6 @@ with it (:mod:`oodlab.models.spec`).
 from __future__ import annotations
 
 import fnmatch
-import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -82,12 +81,6 @@ class Head(nn.Module):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(num_classes)
-
-    def spec(self) -> dict[str, Any]:
-        """``{"name": ..., **params}``, what :func:`create_head` rebuilds this head from."""
-        sig = inspect.signature(type(self).__init__)
-        skip = {"self", "in_features", "num_classes"}
-        return {"name": self.name, **{k: getattr(self, k) for k in sig.parameters if k not in skip}}
 
 
 @register_head("binc")
