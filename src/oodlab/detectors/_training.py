@@ -6,11 +6,12 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from oodlab.data.imageset import ImageSet
 from oodlab.detectors.base import TAPS
 from oodlab.errors import OodlabError
+from oodlab.features import Outputs, model_device
 from oodlab.models import PENULTIMATE
 from oodlab.training.aux import check_aux
 from oodlab.training.objectives import create_objective
@@ -144,3 +145,7 @@ class HeadMethod(ObjectiveMethod):
         self, model: nn.Module, id_train: ImageSet, id_val: ImageSet | None, ood_val: ImageSet | None
     ) -> None:
         self.method_head(model)
+
+    def penultimate(self, out: Outputs) -> Tensor:
+        """The ``penultimate`` tap, moved to the network's device (the outputs cache keeps a CPU copy)."""
+        return out.tap(PENULTIMATE).to(model_device(self.model_))  # type: ignore[attr-defined]

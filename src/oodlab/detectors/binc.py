@@ -11,7 +11,6 @@ from oodlab.detectors._training import HeadMethod
 from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.detectors.bin import log_max_sigmoid
 from oodlab.features import Outputs
-from oodlab.models import PENULTIMATE
 from oodlab.models.heads import BincHead
 
 
@@ -54,7 +53,7 @@ class Binc(HeadMethod, Detector):
         return {"lam": self.lam, "zeta": self.zeta, "z_dim": self.z_dim}
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        return log_max_sigmoid(self.method_head(self.model_).bin_logits(out.tap(PENULTIMATE)))
+        return log_max_sigmoid(self.method_head(self.model_).bin_logits(self.penultimate(out)))
 
 
 __all__ = ["Binc"]

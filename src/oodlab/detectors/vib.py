@@ -10,7 +10,6 @@ from oodlab.detectors._registry import register_detector
 from oodlab.detectors._training import HeadMethod
 from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.features import Outputs
-from oodlab.models import PENULTIMATE
 from oodlab.models.heads import GaussianHead
 from oodlab.training.bottleneck import rate
 
@@ -61,7 +60,7 @@ class Vib(HeadMethod, Detector):
         return {"beta": self.beta, "z_dim": self.z_dim}
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        return -rate(self.method_head(self.model_), out.tap(PENULTIMATE))
+        return -rate(self.method_head(self.model_), self.penultimate(out))
 
 
 __all__ = ["Vib"]

@@ -11,7 +11,6 @@ from oodlab.detectors._registry import register_detector
 from oodlab.detectors._training import HeadMethod
 from oodlab.detectors.base import SHARED_PASS, Detector, trains
 from oodlab.features import Outputs
-from oodlab.models import PENULTIMATE
 from oodlab.models.heads import ClassPriorGaussianHead
 from oodlab.training.bottleneck import class_rates
 
@@ -63,8 +62,8 @@ class VibyWeighted(_Viby):
     """
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        kl = class_rates(self.method_head(self.model_), out.tap(PENULTIMATE))
-        p = torch.softmax(out.logits.to(torch.float64), dim=1)
+        kl = class_rates(self.method_head(self.model_), self.penultimate(out))
+        p = torch.softmax(out.logits.to(device=kl.device, dtype=torch.float64), dim=1)
         return -(p * kl).sum(1)
 
 
@@ -89,7 +88,7 @@ class VibyMin(_Viby):
     """
 
     def _score_outputs(self, out: Outputs) -> Tensor:
-        return -class_rates(self.method_head(self.model_), out.tap(PENULTIMATE)).min(dim=1).values
+        return -class_rates(self.method_head(self.model_), self.penultimate(out)).min(dim=1).values
 
 
 __all__ = ["VibyMin", "VibyWeighted"]
