@@ -178,7 +178,11 @@ def test_vib_loss_is_ce_of_the_sample_plus_beta_kl() -> None:
 HEADS = {"binc": BincHead, "vib": GaussianHead, "viby": ClassPriorGaussianHead}
 
 
-@pytest.mark.parametrize("network", list_models())
+#: Classifier networks (``hscae`` is an autoencoder around a frozen classifier: no head of its own).
+CLASSIFIERS = [m for m in list_models() if m != "hscae"]
+
+
+@pytest.mark.parametrize("network", CLASSIFIERS)
 @pytest.mark.parametrize("objective", ["bin", "binc", "vib", "viby"])
 def test_every_method_trains_on_every_network(network: str, objective: str) -> None:
     torch.manual_seed(0)
@@ -304,6 +308,13 @@ def test_scores_by_hand_from_the_penultimate_features() -> None:
         for name in names:
             got = create_detector(name).fit(model, pattern_images(10, seed=0)).score(x)
             torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_network_without_its_own_head_refuses_a_method_head() -> None:
+    if "hscae" not in list_models():
+        pytest.skip("no autoencoder registered")
+    with pytest.raises(OodlabError, match="no final linear layer of its own"):
+        create_model("hscae", num_classes=3, image_size=28, head={"name": "vib"})
 
 
 def test_unknown_or_malformed_head_is_a_clear_error() -> None:

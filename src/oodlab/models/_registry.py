@@ -113,7 +113,13 @@ def create_model(name: str, **kwargs: object) -> TappedModel:
         from oodlab.models.heads import create_head
 
         # The trunk is kept; its final linear layer gives way to the method's head.
-        model.head = create_head(head, model.head.in_features, model.num_classes)  # type: ignore[assignment]
+        made = create_head(head, model.head.in_features, model.num_classes)
+        model.head = made  # type: ignore[assignment]
+        if model.head is not made:
+            raise OodlabError(
+                f"model {name!r} has no final linear layer of its own for a method head (head={head!r}); "
+                "use a classifier network"
+            )
         kwargs["head"] = head
     model.oodlab_spec = {"model": name, "kwargs": dict(kwargs)}
     return model
