@@ -259,7 +259,7 @@ def create_app(bundle: Bundle, *, max_batch: int = 512, max_body_bytes: int = 32
             }
         },
     )
-    async def score(request: Request) -> dict[str, Any]:
+    async def score(request: Request) -> JSONResponse:
         """Scores and accept/reject per image (see the module documentation for the body)."""
         counters["requests"] += 1
         body = await read_body(request)
@@ -269,7 +269,9 @@ def create_app(bundle: Bundle, *, max_batch: int = 512, max_body_bytes: int = 32
         results = [
             {"score": float(s), "accept": bool(s >= t), "threshold": t, "detector": label} for s in scores
         ]
-        return {"detector": label, "threshold": t, "n": len(results), "results": results}
+        # A response object is sent as is: FastAPI's jsonable_encoder walk over a plain dict
+        # costs about as much as the forward pass at 64 images per request.
+        return JSONResponse({"detector": label, "threshold": t, "n": len(results), "results": results})
 
     @app.get("/health", summary="Liveness and counters")
     async def health() -> dict[str, Any]:
