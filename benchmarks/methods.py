@@ -24,14 +24,13 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bench_cli import run_bench
 from tabulate import tabulate
 
 SUITES = ("fmnist-vs-mnist", "mnist-holdout0")
@@ -54,26 +53,8 @@ def run_dir(root: Path, suite: str, seed: int) -> Path:
 
 def run(root: Path, suite: str, seed: int, detectors: str) -> float:
     """One resumable ``oodlab bench`` run; returns its wall time."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "oodlab.cli",
-        "bench",
-        "--suite",
-        suite,
-        "--seed",
-        str(seed),
-        "--detectors",
-        detectors,
-        "--out",
-        str(run_dir(root, suite, seed)),
-        "--no-plots",
-        "--quiet",
-    ]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
+    args = ["--suite", suite, "--seed", str(seed), "--detectors", detectors]
+    return run_bench(run_dir(root, suite, seed), *args)
 
 
 def throughput(
@@ -236,8 +217,8 @@ def tables(
         "the network each method scores; training wall time of that network (the fine-tuning step alone for "
         "the fine-tuned methods; all members for the ensemble; the base network for the post-hoc scores and "
         "MC dropout); scoring time of 2,000 ID test images relative to one forward pass of the base network "
-        "(median of 3, same process). Timings were taken on a shared 2-core machine under heavy load from "
-        "other jobs, so compare them as ratios within one table only.",
+        "(median of 3, same process). Timings are this machine's (2 cores; every training took both), "
+        "taken one after another in one run: compare them as ratios within the table.",
         "",
     ]
     for suite in sorted({r["suite"] for r in rows}, key=lambda s: SUITES.index(s) if s in SUITES else 99):

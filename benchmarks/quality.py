@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bench_cli import run_bench
 from tabulate import tabulate
 
 from oodlab.io import atomic_write_text
@@ -44,31 +42,9 @@ def run_dir(root: Path, suite: str, protocol: str, seed: int) -> Path:
 def run(
     root: Path, suite: str, protocol: str, seed: int, detectors: str, recipe: str, epochs: int | None
 ) -> float:
-    out = run_dir(root, suite, protocol, seed)
-    cmd = [
-        sys.executable,
-        "-m",
-        "oodlab.cli",
-        "bench",
-        "--suite",
-        suite,
-        "--protocol",
-        protocol,
-        "--seed",
-        str(seed),
-        "--detectors",
-        detectors,
-        "--recipe",
-        recipe,
-        "--out",
-        str(out),
-        "--quiet",
-        *(["--epochs", str(epochs)] if epochs is not None else []),
-    ]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
+    args = ["--suite", suite, "--protocol", protocol, "--seed", str(seed), "--detectors", detectors]
+    args += ["--recipe", recipe, *(["--epochs", str(epochs)] if epochs is not None else [])]
+    return run_bench(run_dir(root, suite, protocol, seed), *args, plots=True)
 
 
 def mean_std(values: list[float], sign: bool = False) -> str:

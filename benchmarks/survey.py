@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bench_cli import run_bench
 from tabulate import tabulate
 
 SUITES = ("fmnist-vs-mnist", "mnist-vs-fmnist", "mnist-holdout0")
@@ -56,29 +54,10 @@ def run_dir(root: Path, suite: str, seed: int) -> Path:
 
 def run(root: Path, suite: str, seed: int, detectors: str, recipe: str) -> float:
     """One resumable ``oodlab bench`` run; returns its wall time."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "oodlab.cli",
-        "bench",
-        "--suite",
-        suite,
-        "--seed",
-        str(seed),
-        "--detectors",
-        detectors,
-        "--recipe",
-        recipe,
-        "--out",
-        str(run_dir(root, suite, seed)),
-        "--no-plots",
-        "--quiet",
-    ]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return time.perf_counter() - t0
+    args = ["--suite", suite, "--seed", str(seed), "--detectors", detectors, "--recipe", recipe]
+    seconds = run_bench(run_dir(root, suite, seed), *args)
+    print(f"done in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def collect(

@@ -8,10 +8,13 @@ Two pairs, each computing the same function:
   a torchvision-style ResNet-18 with its weights (``tests/tvstyle.py``), wrapped with the
   built-in's taps under torchvision's module names.
 
-Each post-hoc detector (every registered one that does not train a network of its own) is fitted on 2,000 Fashion-MNIST training images (tuned blind on 500 validation
-images and a synthetic OOD validation set), then scores 1,000 Fashion-MNIST and 1,000 MNIST
-test images on both models. Tuning grids are the detectors' ``quick_params`` to keep this to
-minutes. Reported: the largest absolute score difference and whether the scores are bitwise equal.
+Each post-hoc detector (every registered one that does not train a network of its own) is
+fitted on 2,000 Fashion-MNIST training images (tuned blind on 500 validation images and a
+synthetic OOD validation set), then scores 1,000 Fashion-MNIST and 1,000 MNIST test images on
+both models. Tuning grids are the detectors' ``quick_params`` to keep this to minutes.
+Reported: the largest absolute score difference and whether the scores are bitwise equal; a
+detector that refuses a network (``mc-dropout`` without dropout) is recorded as refused by one
+or both.
 
     .venv/bin/python benchmarks/wrapped_identity.py [--out FILE.json]
 """
