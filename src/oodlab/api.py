@@ -226,6 +226,58 @@ def shared_pass(
         features.outputs(model, s, taps)
 
 
+def result_row(
+    run: tuple[str, int, str],
+    label: str,
+    det: Detector,
+    ood: str,
+    id_scores: np.ndarray,
+    ood_scores: np.ndarray,
+    *,
+    threshold: float,
+    id_accuracy: float,
+    seconds: tuple[float, float],
+    tuned_on: tuple[ImageSet, ImageSet],
+) -> dict[str, Any]:
+    """The keys every result row shares, for :func:`evaluate` and ``oodlab bench``.
+
+    Args:
+        run: ``(suite, seed, protocol)``.
+        label: The detector's name in the row.
+        det: The fitted detector (its parameters and tuning go in the row).
+        ood: The OOD test set's name.
+        id_scores: Scores of the ID test images.
+        ood_scores: Scores of the OOD test images.
+        threshold: The threshold the share metrics are taken at.
+        id_accuracy: Classification accuracy on the ID test images.
+        seconds: ``(fit, score)`` wall times.
+        tuned_on: The ``(ID, OOD)`` validation sets the detector was tuned on.
+
+    Returns:
+        ``suite``, ``seed``, ``protocol``, ``detector``, ``ood``, every metric of
+        :func:`~oodlab.metrics.ood_metrics`, ``id_accuracy``, ``threshold``, ``n_id``, ``n_ood``,
+        ``fit_seconds``, ``score_seconds``, ``params``, ``tuning`` and ``tuned_on``, in this order.
+    """
+    suite, seed, protocol = run
+    return {
+        "suite": suite,
+        "seed": seed,
+        "protocol": protocol,
+        "detector": label,
+        "ood": ood,
+        **ood_metrics(id_scores, ood_scores, threshold=threshold),
+        "id_accuracy": id_accuracy,
+        "threshold": threshold,
+        "n_id": len(id_scores),
+        "n_ood": len(ood_scores),
+        "fit_seconds": round(seconds[0], 3),
+        "score_seconds": round(seconds[1], 3),
+        "params": det.get_params(),
+        "tuning": det.tuning(),
+        "tuned_on": {"id_val": tuned_on[0].name, "ood_val": tuned_on[1].name},
+    }
+
+
 def evaluate(
     model: nn.Module,
     id_train: ImageSet,
@@ -294,27 +346,19 @@ def evaluate(
             threshold = threshold_at_accept_rate(det.score_set(val.id_val).numpy(), accept_rate)
             for ood_name, ood in ood_tests.items():
                 ood_scores = det.score_set(ood).numpy()
-                rows.append(
-                    {
-                        "suite": name,
-                        "seed": seed,
-                        "protocol": protocol,
-                        "detector": spec.label,
-                        "ood": ood_name,
-                        **ood_metrics(id_scores, ood_scores, threshold=threshold),
-                        "id_accuracy": id_accuracy,
-                        "threshold": threshold,
-                        "n_id": len(id_scores),
-                        "n_ood": len(ood_scores),
-                        "fit_seconds": round(fit_seconds, 3),
-                        "score_seconds": round(time.perf_counter() - t0, 3),
-                        "params": det.get_params(),
-                        "tuning": det.tuning(),
-                        "tuned_on": {"id_val": val.id_val.name, "ood_val": val.ood_val.name},
-                        "threshold_on": val.id_val.name,
-                        "oodlab": __version__,
-                    }
+                row = result_row(
+                    (name, seed, protocol),
+                    spec.label,
+                    det,
+                    ood_name,
+                    id_scores,
+                    ood_scores,
+                    threshold=threshold,
+                    id_accuracy=id_accuracy,
+                    seconds=(fit_seconds, time.perf_counter() - t0),
+                    tuned_on=(val.id_val, val.ood_val),
                 )
+                rows.append({**row, "threshold_on": val.id_val.name, "oodlab": __version__})
     return rows
 
 
@@ -340,5 +384,6 @@ __all__ = [
     "fit_detector",
     "parse_detector",
     "parse_detectors",
+    "result_row",
     "scores_in_batches",
 ]

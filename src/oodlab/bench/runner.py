@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from oodlab import __version__, features
-from oodlab.api import parse_detector, parse_detectors
+from oodlab.api import parse_detector, parse_detectors, result_row
 from oodlab.bench.cells import (
     RUN_FILE,
     CellError,
@@ -58,7 +58,7 @@ from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
 from oodlab.features import OutputsCache
 from oodlab.io import atomic_write_bytes
-from oodlab.metrics import auroc, classification_accuracy, fpr_at_tpr, ood_metrics, threshold_at_accept_rate
+from oodlab.metrics import auroc, classification_accuracy, fpr_at_tpr, threshold_at_accept_rate
 from oodlab.training import DEFAULT_RECIPE, Network, get_recipe, make_network, with_recipe
 
 #: Detectors `oodlab bench` runs when none are named: every one that needs no retraining and
@@ -333,23 +333,21 @@ def _run_detector(
         val_id_scores, val_ood_scores = scores_of(id_val), scores_of(ood_val)
         near = near_ood_kinds(ood_val)
         threshold = threshold_at_accept_rate(val_id_scores, cfg.accept_rate)
+        row = result_row(
+            (data.suite.name, data.seed, cfg.protocol),
+            det.name,
+            det,
+            ood_name,
+            id_scores,
+            ood_scores,
+            threshold=threshold,
+            id_accuracy=id_accuracy,
+            seconds=(fit_seconds, score_seconds),
+            tuned_on=(id_val, ood_val),
+        )
         rows.append(
             {
-                "suite": data.suite.name,
-                "seed": data.seed,
-                "protocol": cfg.protocol,
-                "detector": det.name,
-                "ood": ood_name,
-                **ood_metrics(id_scores, ood_scores, threshold=threshold),
-                "id_accuracy": id_accuracy,
-                "threshold": threshold,
-                "n_id": len(id_scores),
-                "n_ood": len(ood_scores),
-                "fit_seconds": round(fit_seconds, 3),
-                "score_seconds": round(score_seconds, 3),
-                "params": det.get_params(),
-                "tuning": det.tuning(),
-                "tuned_on": {"id_val": id_val.name, "ood_val": ood_val.name},
+                **row,
                 # The same metrics on the validation pair: what `--detectors auto` chooses by.
                 "val_auroc": auroc(val_id_scores, val_ood_scores),
                 "val_worst_auroc": min(group_aurocs(val_id_scores, val_ood_scores, ood_val.y)),
