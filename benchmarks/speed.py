@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from oodlab import features
 from oodlab.bench import build_suite, get_suite
 from oodlab.data import ImageSet
-from oodlab.detectors import create_detector, list_detectors
+from oodlab.detectors import create_detector, get_detector_class, list_detectors
 from oodlab.detectors.base import Detector
 from oodlab.detectors.knn import l2_normalize
 from oodlab.features import OutputsCache, extract
@@ -381,6 +381,20 @@ def load(suite_name: str, epochs: int | None) -> tuple[Any, torch.nn.Module]:
     return data, model
 
 
+def post_hoc_detectors() -> list[str]:
+    """Every registered detector that scores a given trained network as it is: not those that
+    train their own (their cost is training, in ``benchmarks/methods.py``), not MC dropout (it
+    needs dropout layers, which these networks lack) and not ``either`` (a combination of other
+    detectors, each timed here on its own)."""
+    return [
+        n
+        for n in list_detectors()
+        if n != "either"
+        and not get_detector_class(n).capabilities.trains
+        and not get_detector_class(n).capabilities.stochastic
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="fmnist-vs-mnist")
@@ -391,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="paired runs per ratio (median)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.md"))
     args = ap.parse_args(argv)
-    names = list_detectors() if args.detectors == "all" else args.detectors.split(",")
+    names = post_hoc_detectors() if args.detectors == "all" else args.detectors.split(",")
     data, lenet = load(args.suite, args.epochs)
     results = [measure_model("lenet", lenet, data, names, args.repeats)]
     if not args.skip_resnet:
