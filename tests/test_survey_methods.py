@@ -170,7 +170,7 @@ def test_vib_loss_is_ce_of_the_sample_plus_beta_kl() -> None:
     torch.manual_seed(3)
     z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)
     want = F.cross_entropy(model.head.decoder(z), ys) + 0.5 * kl_standard_normal(mu, lv).mean()
-    assert float(got.detach()) == pytest.approx(float(want), rel=1e-6)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
 
 
 # -- every method on every network --------------------------------------------------------------
