@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from oodlab import features
 from oodlab.bench import build_suite, get_suite
 from oodlab.data import ImageSet
-from oodlab.detectors import create_detector, get_detector_class, list_detectors
+from oodlab.detectors import create_detector, post_hoc_detectors
 from oodlab.detectors.base import Detector
 from oodlab.detectors.knn import l2_normalize
 from oodlab.features import OutputsCache, extract
@@ -379,20 +379,6 @@ def load(suite_name: str, epochs: int | None) -> tuple[Any, torch.nn.Module]:
     data = build_suite(suite, seed=0)
     model, _ = fit_or_load(suite.train, data.id_train, progress=False)
     return data, model
-
-
-def post_hoc_detectors() -> list[str]:
-    """Every registered detector that scores a given trained network as it is: not those that
-    train their own (their cost is training, in ``benchmarks/methods.py``), not MC dropout (it
-    needs dropout layers, which these networks lack) and not ``either`` (a combination of other
-    detectors, each timed here on its own)."""
-    return [
-        n
-        for n in list_detectors()
-        if n != "either"
-        and not get_detector_class(n).capabilities.trains
-        and not get_detector_class(n).capabilities.stochastic
-    ]
 
 
 def main(argv: list[str] | None = None) -> None:

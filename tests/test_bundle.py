@@ -236,6 +236,16 @@ def test_detector_variants_in_python() -> None:
     assert specs[0].create().get_params()["k"] == 50
 
 
+def test_all_in_python_is_all_of_the_bench() -> None:
+    """``parse_detectors("all")`` is the bench's ``--detectors all``: it used to include
+    ``either``, which names its members, and so raised."""
+    from oodlab.bench.runner import resolve_detectors
+
+    labels = [s.label for s in parse_detectors("all")]
+    assert labels == sorted(resolve_detectors("all"))
+    assert "either" not in labels and "mc-dropout" not in labels and "deep-ensemble" not in labels
+
+
 def test_model_spec_for_a_registered_model(tiny_setup: dict, tmp_path: Path) -> None:
     lenet = tiny_setup["model"]
     save_file({k: v.contiguous() for k, v in lenet.state_dict().items()}, tmp_path / "w.safetensors")

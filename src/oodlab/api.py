@@ -28,7 +28,7 @@ from oodlab import __version__, features
 from oodlab.data.imageset import ImageSet
 from oodlab.data.splits import train_val_split
 from oodlab.data.synthetic import synthetic_ood_validation
-from oodlab.detectors import Detector, create_detector, get_detector_class, list_detectors
+from oodlab.detectors import Detector, create_detector, get_detector_class, post_hoc_detectors
 from oodlab.errors import OodlabError
 from oodlab.features import OutputsCache
 from oodlab.metrics import classification_accuracy, ood_metrics, threshold_at_accept_rate
@@ -145,13 +145,7 @@ def parse_detectors(
             items: Sequence[Any] = DEFAULT_DETECTORS if spec.strip() else ()
         elif spec.strip() == "all":
             # As `oodlab bench --detectors all`: the post-hoc, deterministic detectors.
-            items = [
-                n
-                for n in list_detectors()
-                if not (
-                    get_detector_class(n).capabilities.trains or get_detector_class(n).capabilities.stochastic
-                )
-            ]
+            items = post_hoc_detectors()
         else:
             items = [s for s in _split_top(spec) if s.strip()]
     else:

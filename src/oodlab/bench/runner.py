@@ -52,7 +52,7 @@ from oodlab.data.imageset import ImageSet
 from oodlab.data.mixtures import MixtureSpec, parse_mixture
 from oodlab.data.sources import cache_dir
 from oodlab.data.synthetic import near_ood_kinds
-from oodlab.detectors import create_detector, get_detector_class, list_detectors
+from oodlab.detectors import create_detector, get_detector_class, post_hoc_detectors
 from oodlab.detectors._ensemble import ValidationEnsemble, group_aurocs
 from oodlab.detectors.base import Detector
 from oodlab.errors import OodlabError
@@ -221,19 +221,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _post_hoc() -> list[str]:
-    """Every registered detector that neither trains its network nor samples."""
-    return [
-        n
-        for n in list_detectors()
-        if not (
-            get_detector_class(n).capabilities.trains
-            or get_detector_class(n).capabilities.stochastic
-            or hasattr(get_detector_class(n), "specialise")  # either:a+b names its members
-        )
-    ]
-
-
 def resolve_detectors(spec: str | None) -> list[str]:
     """``None``/``"default"`` → the default set; ``"all"`` → every post-hoc detector; else a comma list.
 
@@ -247,10 +234,10 @@ def resolve_detectors(spec: str | None) -> list[str]:
     if spec is None or spec == "default":
         return list(DEFAULT_DETECTORS)
     if spec == "all":
-        return _post_hoc()
+        return post_hoc_detectors()
     if spec == AUTO:
         # Those scored from the shared forward pass first: an interrupted run has the most.
-        return sorted(_post_hoc(), key=lambda n: get_detector_class(n).capabilities.own_forward)
+        return sorted(post_hoc_detectors(), key=lambda n: get_detector_class(n).capabilities.own_forward)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise OodlabError("--detectors is empty; name at least one detector, 'default' or 'all'")

@@ -7,7 +7,13 @@ detector is one module with a ``@register_detector`` class and needs no edit her
 import importlib
 import pkgutil
 
-from oodlab.detectors._registry import create_detector, get_detector_class, list_detectors, register_detector
+from oodlab.detectors._registry import (
+    create_detector,
+    get_detector_class,
+    list_detectors,
+    post_hoc_detectors,
+    register_detector,
+)
 from oodlab.detectors.base import Detector, load_detector
 
 for _module in pkgutil.iter_modules(__path__):
@@ -19,6 +25,7 @@ __all__ = [
     "create_detector",
     "get_detector_class",
     "list_detectors",
+    "post_hoc_detectors",
     "load_detector",
     "register_detector",
 ]

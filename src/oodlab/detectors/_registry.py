@@ -66,3 +66,14 @@ def create_detector(name: str, **params: object) -> Detector:
 def list_detectors(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered detectors, optionally filtered by a glob ``pattern``."""
     return [n for n in sorted(_DETECTORS) if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def post_hoc_detectors() -> list[str]:
+    """Sorted names of the detectors that score a given network as it is, with no argument: not
+    those that train their own network or sample (MC dropout), and not those that take an
+    argument after ``:`` (``either:a+b`` names its members)."""
+    return [
+        n
+        for n, cls in sorted(_DETECTORS.items())
+        if not (cls.capabilities.trains or cls.capabilities.stochastic or hasattr(cls, "specialise"))
+    ]
