@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,11 @@ NOTES = {
     "takes the float64 pseudo-inverse; with pytorch-ood's ridge inverse in oodlab's scoring the AUROCs "
     "agree to the second decimal (`benchmarks/peer_mahalanobis.py`)",
 }
+
+
+def notes_for(names: Iterable[str]) -> dict[str, str]:
+    """The :data:`NOTES` of the detectors ``names`` that have one."""
+    return {n: NOTES[n] for n in names if n in NOTES}
 
 
 # -- importing pytorch-ood without torchvision ---------------------------------------------
@@ -150,7 +155,6 @@ class Pair:
     build: Callable[[Any, nn.Module, Any], Any]  # (P, model, data) -> unfitted pytorch-ood detector
     fit_on: str | None  # "train", "val" or None (pytorch-ood fits nothing)
     gradient: bool = False
-    note: str = ""
 
 
 def pairs_for(model: nn.Module) -> list[Pair]:
@@ -168,7 +172,6 @@ def pairs_for(model: nn.Module) -> list[Pair]:
             "TemperatureScaling",
             lambda P, m, d: P.TemperatureScaling(m),
             "val",
-            note=NOTES["temperature"],
         ),
         Pair(
             "odin",
@@ -184,7 +187,6 @@ def pairs_for(model: nn.Module) -> list[Pair]:
             "Mahalanobis",
             lambda P, m, d: P.Mahalanobis(enc),
             "train",
-            note=NOTES["mahalanobis"],
         ),
         Pair("knn", {"k": KNN_K}, "KNN", lambda P, m, d: P.KNN(enc, k=KNN_K), "train"),
         Pair(
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.from_json:
         r = json.loads(args.out.with_suffix(".json").read_text())
-        r["notes"] = {k: v for k, v in NOTES.items() if any(d["detector"] == k for d in r["detectors"])}
+        r["notes"] = notes_for(d["detector"] for d in r["detectors"])
         write(args.out, r)
         return
     P, version = import_pytorch_ood()
@@ -485,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         "detectors": rows,
         "knn_floor": floor,
         "auroc": agreement,
-        "notes": {p.name: p.note for p in pairs if p.note},
+        "notes": notes_for(p.name for p in pairs),
         "not_in_pytorch_ood": [n for n in list_detectors() if n not in {p.name for p in pairs_for(model)}],
         "environment": env,
         "repeats": args.repeats,

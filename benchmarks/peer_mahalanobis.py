@@ -52,8 +52,8 @@ def main() -> None:
         sets = {"id": data.id_test, **data.ood_tests}
         feats = {k: extract(model, s, (PENULTIMATE,)).tap(PENULTIMATE).flatten(1) for k, s in sets.items()}
         a = {
-            name: {k: ours_or.score_features(f) for k, f in feats.items()}
-            for name, ours_or in (("ours", ours), ("ridge", ridge))
+            name: {k: det.score_features(f) for k, f in feats.items()}
+            for name, det in (("ours", ours), ("ridge", ridge))
         }
         a["theirs"] = {k: -theirs.predict_features(f).double() for k, f in feats.items()}
         for k in sets:
