@@ -20,8 +20,10 @@ threshold, ties broken by the validation AUROC. The zeros never enter a choice.
     .venv/bin/python benchmarks/hscae.py --report
 
 Latent 8 is scored with every distance, the others with mse and ssim (the classifier-based
-distances cost one classifier pass per level). Output: ``benchmarks/results/hscae/``
-(``scores-*.npz``, ``timing-*.json``) and ``benchmarks/results/hscae.md`` / ``hscae.json``.
+distances cost one classifier pass per level). Output: ``--out`` (``benchmarks/results/hscae/``:
+``scores-*.npz``, ``timing-*.json``) and the tables beside it (``hscae.md`` / ``hscae.json``).
+``--recipe lenet-caffe`` conditions the autoencoder on (and fits the post-hoc members to) another
+classifier; give it its own ``--out``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from oodlab.detectors import create_detector
 from oodlab.detectors.either import either_scores
 from oodlab.detectors.hscae import DISTANCES, reconstruction_distances
 from oodlab.io import atomic_write_bytes, atomic_write_text
-from oodlab.training import fit_or_load, make_network
+from oodlab.training import DEFAULT_RECIPE, fit_or_load, make_network, with_recipe
 
 SUITE = "mnist-holdout0"
 OOD = "mnist-0"
@@ -80,13 +82,15 @@ def _sets(data: Any) -> dict[str, Any]:
     }
 
 
-def run_seed(seed: int, latents: list[int], out: Path, log: Any = print) -> None:
+def run_seed(
+    seed: int, latents: list[int], out: Path, log: Any = print, recipe_name: str = DEFAULT_RECIPE
+) -> None:
     """Score the four sets with each post-hoc member and each (latent, level, distance) of one seed.
 
     Order: the first latent's autoencoder, ODIN, that autoencoder's distances, the other post-hoc
     members, then the other latents; every stage is saved as soon as it finishes.
     """
-    suite = get_suite(SUITE)
+    suite = with_recipe(get_suite(SUITE), recipe_name)
     data = build_suite(suite, seed)
     recipe = replace(suite.train, seed=seed)
     sets = _sets(data)
@@ -481,8 +485,8 @@ def write(out: Path, seeds: list[int], latents: list[int], rate: float) -> str:
         if path.exists():
             timing.append({"seed": seed, **json.loads(path.read_text())})
     text = render(rows, latents, rate, timing)
-    atomic_write_text(ROOT / "hscae.md", text)
-    atomic_write_text(ROOT / "hscae.json", json.dumps({"rows": rows, "timing": timing}, indent=1))
+    atomic_write_text(out.with_suffix(".md"), text)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "timing": timing}, indent=1))
     return text
 
 
@@ -492,6 +496,7 @@ def main() -> None:
     ap.add_argument("--latents", default="8,6,10")
     ap.add_argument("--accept-rate", type=float, default=0.975)
     ap.add_argument("--out", type=Path, default=ROOT / "hscae")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE, help="the classifier's recipe (oodlab list recipes)")
     ap.add_argument("--report", action="store_true", help="only rebuild the tables from saved scores")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -503,7 +508,11 @@ def main() -> None:
         with features.using_cache(features.OutputsCache(max_entries=16, disk_dir=disk)):
             for seed in seeds:
                 run_seed(
-                    seed, latents, args.out, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)
+                    seed,
+                    latents,
+                    args.out,
+                    log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True),
+                    recipe_name=args.recipe,
                 )
                 write(args.out, seeds, latents, args.accept_rate)
     print(write(args.out, seeds, latents, args.accept_rate))

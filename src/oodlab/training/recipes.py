@@ -205,9 +205,9 @@ def self_conditioned_autoencoder(
     base: TrainConfig,
     *,
     latent_dim: int = 8,
-    width: int = 6,
+    width: int = 8,
     temperature: float = 2.0,
-    epochs: int = 1,
+    epochs: int = 4,
     lr: float = 2e-3,
     batch_size: int = 128,
 ) -> TrainConfig:

@@ -1,0 +1,195 @@
+"""How big and how long to train HSCAE's autoencoder, chosen on validation data only.
+
+For one seed of ``mnist-holdout0`` this trains (or loads from the checkpoint cache) the
+self-conditioned autoencoder at each ``width × epochs`` setting given and records:
+
+* the ID **validation** reconstruction MSE at level 1 (the training objective on held-out ID
+  images: the choice is made on this and on the cost);
+* the share of synthetic OOD **validation** images accepted by ``either(odin, hscae)`` and by
+  HSCAE alone at the threshold accepting ``--accept-rate`` of ID validation images (the rule
+  ``benchmarks/hscae.py`` uses to choose distances and levels);
+* training seconds;
+* and, recorded for the reader but never used in the choice, the test AUROC on the held-out
+  zeros of HSCAE (mse, levels 1-5) and of ``either(odin, hscae)``.
+
+    .venv/bin/python benchmarks/hscae_budget.py --seed 0 --settings 6x1,8x4,16x4
+
+Output: ``benchmarks/results/hscae-budget.md`` and ``.json`` (one row per setting, resumable:
+rows already in the JSON are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from oodlab import features, metrics
+from oodlab.bench import build_suite, get_suite
+from oodlab.detectors import create_detector
+from oodlab.detectors.either import either_scores
+from oodlab.detectors.hscae import reconstruction_distances
+from oodlab.io import atomic_write_text
+from oodlab.training import fit_or_load, make_network
+
+SUITE, OOD, LEVELS = "mnist-holdout0", "mnist-0", 5
+ROOT = Path(__file__).resolve().parent / "results"
+
+
+def _sets(data: Any) -> dict[str, Any]:
+    return {
+        "id_val": data.id_val,
+        "ood_val": data.ood_val,
+        "id_test": data.id_test,
+        "zeros": data.ood_tests[OOD],
+    }
+
+
+def _mse_scores(net: Any, base: Any, images: Any) -> np.ndarray:
+    """``(LEVELS, N)`` negated MSE distances of one image set (higher = more ID)."""
+    logits = features.outputs(base, images).logits
+    x = images.tensor()
+    parts = [
+        reconstruction_distances(net, x[i : i + 500], LEVELS, ("mse",), logits[i : i + 500])["mse"]
+        for i in range(0, len(x), 500)
+    ]
+    return -torch.cat(parts, dim=1).numpy()
+
+
+def _accepted(id_val: np.ndarray, other: np.ndarray, rate: float) -> float:
+    """Share of ``other`` at or above the threshold that accepts ``rate`` of ``id_val``."""
+    thr = np.quantile(id_val, 1.0 - rate)
+    return float(np.mean(other >= thr))
+
+
+def run_setting(
+    seed: int, width: int, epochs: int, rate: float, odin: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """One row: train (or load) the autoencoder at ``width × epochs`` and measure it."""
+    suite = get_suite(SUITE)
+    data = build_suite(suite, seed)
+    recipe = replace(suite.train, seed=seed)
+    base, _ = fit_or_load(recipe, data.id_train)
+    det = create_detector("hscae", width=width, epochs=epochs)
+    net, meta = make_network(det.network(recipe), data.id_train)
+    sets = _sets(data)
+    s = {k: _mse_scores(net, base, v) for k, v in sets.items()}
+    row: dict[str, Any] = {
+        "seed": seed,
+        "width": width,
+        "epochs": epochs,
+        "train_seconds": round(float(meta["train_seconds"]), 1),
+        "val_mse": float(-s["id_val"][0].mean()),
+    }
+    for h in range(LEVELS):
+        val_ood = _accepted(s["id_val"][h], s["ood_val"][h], rate)
+        e_val = either_scores([odin["id_val"], s["id_val"][h]], [odin["id_val"], s["id_val"][h]])
+        e_ood = either_scores([odin["id_val"], s["id_val"][h]], [odin["ood_val"], s["ood_val"][h]])
+        e_id_t = either_scores([odin["id_val"], s["id_val"][h]], [odin["id_test"], s["id_test"][h]])
+        e_zero = either_scores([odin["id_val"], s["id_val"][h]], [odin["zeros"], s["zeros"][h]])
+        row[f"L{h + 1}"] = {
+            "val_ood_accepted": val_ood,
+            "either_val_ood_accepted": _accepted(e_val, e_ood, rate),
+            "test_auroc": metrics.auroc(s["id_test"][h], s["zeros"][h]),
+            "either_test_auroc": metrics.auroc(e_id_t, e_zero),
+            "either_test_zeros_rejected": 1.0 - _accepted(e_val, e_zero, rate),
+            "either_test_id_accepted": _accepted(e_val, e_id_t, rate),
+        }
+    return row
+
+
+def odin_scores(seed: int) -> dict[str, np.ndarray]:
+    """ODIN, fitted and tuned as ``oodlab bench`` fits it (blind), on the four sets of one seed."""
+    suite = get_suite(SUITE)
+    data = build_suite(suite, seed)
+    base, _ = fit_or_load(replace(suite.train, seed=seed), data.id_train)
+    torch.manual_seed(seed)
+    det = create_detector("odin").fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
+    sets = _sets(data)
+    return {k: det.score_set(v).numpy() for k, v in sets.items()}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """One line per (seed, setting): validation figures first, then the test figures."""
+    head = [
+        "seed",
+        "width × epochs",
+        "train (s)",
+        "ID val MSE",
+        "val: synthetic OOD accepted, HSCAE L1..L5 (%)",
+        "val: synthetic OOD accepted, either L1..L5 (%)",
+        "test AUROC on zeros, HSCAE L1..L5",
+        "test AUROC, either L1..L5",
+        "test, either: ID accepted / zeros rejected, L1..L5",
+    ]
+    levels = [f"L{h}" for h in range(1, LEVELS + 1)]
+
+    def seq(r: dict[str, Any], key: str, scale: float = 100.0) -> str:
+        return " · ".join(f"{scale * r[lv][key]:.1f}" for lv in levels)
+
+    body = [
+        [
+            r["seed"],
+            f"{r['width']} × {r['epochs']}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['val_mse']:.4f}",
+            seq(r, "val_ood_accepted"),
+            seq(r, "either_val_ood_accepted"),
+            seq(r, "test_auroc"),
+            seq(r, "either_test_auroc"),
+            " · ".join(
+                f"{100 * r[lv]['either_test_id_accepted']:.1f}/"
+                f"{100 * r[lv]['either_test_zeros_rejected']:.1f}"
+                for lv in levels
+            ),
+        ]
+        for r in rows
+    ]
+    return tabulate(body, head, tablefmt="github")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--settings", default="6x1,8x4,16x4", help="width x epochs, comma-separated")
+    ap.add_argument("--accept-rate", type=float, default=0.975)
+    ap.add_argument("--out", type=Path, default=ROOT / "hscae-budget")
+    args = ap.parse_args()
+    json_path = args.out.with_suffix(".json")
+    rows: list[dict[str, Any]] = json.loads(json_path.read_text()) if json_path.exists() else []
+    done = {(r["seed"], r["width"], r["epochs"]) for r in rows}
+    odin: dict[str, np.ndarray] | None = None
+    for spec in args.settings.split(","):
+        width, epochs = (int(v) for v in spec.lower().split("x"))
+        if (args.seed, width, epochs) in done:
+            continue
+        if odin is None:
+            odin = odin_scores(args.seed)
+        t0 = time.perf_counter()
+        row = run_setting(args.seed, width, epochs, args.accept_rate, odin)
+        # Re-read: another process may have added rows for other settings meanwhile.
+        rows = json.loads(json_path.read_text()) if json_path.exists() else []
+        rows.append(row)
+        print(f"seed {args.seed} width {width} epochs {epochs}: {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.sort(key=lambda r: (r["seed"], r["width"], r["epochs"]))
+        atomic_write_text(json_path, json.dumps(rows, indent=1))
+        text = (
+            "# HSCAE's autoencoder: size and training, chosen on validation\n\n"
+            "`benchmarks/hscae_budget.py` on mnist-holdout0 (MSE distance). Validation columns "
+            "decide; the test columns (held-out zeros) are recorded, never used to choose. "
+            f"Thresholds accept {100 * args.accept_rate:.1f}% of ID validation images.\n\n"
+            + table(rows)
+            + "\n"
+        )
+        atomic_write_text(args.out.with_suffix(".md"), text)
+
+
+if __name__ == "__main__":
+    main()
