@@ -454,7 +454,7 @@ def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: 
         body.append(["mean", "", *(_cell(rows, kk, what="best-pair") for kk in keys)])
     lines += [tabulate(body, head, tablefmt="github"), ""]
     if timing:
-        lines += ["## Speed (this machine: 2 shared CPU cores, one thread, load average ~30)", ""]
+        lines += ["## Speed (this machine: 2 CPU cores, one thread; other benchmark jobs may share them)", ""]
         head = [
             "seed",
             "autoencoder training (s)",
