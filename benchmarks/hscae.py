@@ -374,6 +374,21 @@ def render(rows: list[dict[str, Any]], latents: list[int], rate: float, timing: 
         for lat in latents
     ]
     lines += [tabulate(body, head, tablefmt="github"), ""]
+    lines += [
+        "Same grid on validation data only (what a choice of latent and level may use): synthetic OOD "
+        "validation images accepted at the validation threshold / validation AUROC:",
+        "",
+    ]
+    head = ["latent", *(f"level {h}: val OOD accepted / val AUROC" for h in range(1, LEVELS + 1))]
+    body = [
+        [str(lat)]
+        + [
+            _cell(rows, ("val_ood_accepted", "val_auroc"), what="hscae", latent=lat, distance="mse", level=h)
+            for h in range(1, LEVELS + 1)
+        ]
+        for lat in latents
+    ]
+    lines += [tabulate(body, head, tablefmt="github"), ""]
     lines += ["## Table 3 in shape: ensemble × level (latent 8, distance mse)", ""]
     head = ["method", *FIGURE_COLUMNS]
     keys = (
