@@ -82,6 +82,31 @@ def _sets(data: Any) -> dict[str, Any]:
     }
 
 
+def post_hoc_scores(
+    name: str, base: torch.nn.Module, data: Any, seed: int
+) -> tuple[dict[str, np.ndarray], Any]:
+    """A post-hoc member fitted and tuned as ``oodlab bench`` fits it (blind): its scores on the
+    four sets, and the settings its tuning chose."""
+    torch.manual_seed(seed)
+    det = create_detector(name).fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
+    scores = {s: det.score_set(images).numpy() for s, images in _sets(data).items()}
+    return scores, det.tuning().get("chosen", {})
+
+
+def distance_scores(
+    net: torch.nn.Module, base: torch.nn.Module, images: Any, distances: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Per distance, ``(LEVELS, N)`` negated distances of one image set (higher = more ID); the
+    classifier's logits come from the outputs cache, the chain of reconstructions runs once."""
+    logits = features.outputs(base, images).logits
+    x = images.tensor()
+    parts = [
+        reconstruction_distances(net, x[i : i + 500], LEVELS, distances, logits[i : i + 500])
+        for i in range(0, len(x), 500)
+    ]
+    return {d: -torch.cat([p[d] for p in parts], dim=1).numpy() for d in distances}
+
+
 def run_seed(
     seed: int, latents: list[int], out: Path, log: Any = print, recipe_name: str = DEFAULT_RECIPE
 ) -> None:
@@ -113,11 +138,10 @@ def run_seed(
         if path.exists():
             return
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        det = create_detector(name).fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
-        _save(path, {s: det.score_set(images).numpy() for s, images in sets.items()})
+        scores, tuning = post_hoc_scores(name, base, data, seed)
+        _save(path, scores)
         took = time.perf_counter() - t0
-        log(f"seed {seed}: {name} scored in {took:.0f} s ({det.tuning().get('chosen', {})})")
+        log(f"seed {seed}: {name} scored in {took:.0f} s ({tuning})")
 
     def grid(latent: int, distances: tuple[str, ...]) -> None:
         path = out / f"scores-hscae-L{latent}-seed{seed}.npz"
@@ -127,14 +151,8 @@ def run_seed(
         t0 = time.perf_counter()
         arrays = {}
         for s, images in sets.items():
-            logits = features.outputs(base, images).logits
-            x = images.tensor()
-            parts = [
-                reconstruction_distances(net, x[i : i + 500], LEVELS, distances, logits[i : i + 500])
-                for i in range(0, len(x), 500)
-            ]
-            for d in distances:
-                arrays[f"{d}/{s}"] = -torch.cat([p[d] for p in parts], dim=1).numpy()
+            for d, scores in distance_scores(net, base, images, distances).items():
+                arrays[f"{d}/{s}"] = scores
         _save(path, arrays)
         log(f"seed {seed}: latent {latent} scored in {time.perf_counter() - t0:.0f} s")
 

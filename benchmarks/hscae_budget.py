@@ -27,46 +27,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from hscae import LEVELS, ROOT, SUITE, _sets, combine, figures
+from hscae import LEVELS, ROOT, SUITE, _sets, combine, distance_scores, figures, post_hoc_scores
 from tabulate import tabulate
 
-from oodlab import features
 from oodlab.bench import build_suite, get_suite
 from oodlab.detectors import create_detector
-from oodlab.detectors.hscae import reconstruction_distances
 from oodlab.io import atomic_write_text
 from oodlab.training import fit_or_load, make_network
 
 
-def _mse_scores(net: Any, base: Any, images: Any) -> np.ndarray:
-    """``(LEVELS, N)`` negated MSE distances of one image set (higher = more ID)."""
-    logits = features.outputs(base, images).logits
-    x = images.tensor()
-    parts = [
-        reconstruction_distances(net, x[i : i + 500], LEVELS, ("mse",), logits[i : i + 500])["mse"]
-        for i in range(0, len(x), 500)
-    ]
-    return -torch.cat(parts, dim=1).numpy()
-
-
 def run_setting(
-    seed: int, width: int, epochs: int, rate: float, odin: dict[str, np.ndarray]
+    data: Any, recipe: Any, base: torch.nn.Module, width: int, epochs: int, rate: float, odin: dict
 ) -> dict[str, Any]:
     """One row: train (or load) the autoencoder at ``width × epochs`` and measure it.
 
     Per level, ``benchmarks/hscae.py``'s figures of HSCAE alone and of ``either(odin, hscae)``.
     """
-    suite = get_suite(SUITE)
-    data = build_suite(suite, seed)
-    recipe = replace(suite.train, seed=seed)
-    base, _ = fit_or_load(recipe, data.id_train)
     det = create_detector("hscae", width=width, epochs=epochs)
     net, meta = make_network(det.network(recipe), data.id_train)
-    s = {k: _mse_scores(net, base, v) for k, v in _sets(data).items()}
+    s = {k: distance_scores(net, base, v, ("mse",))["mse"] for k, v in _sets(data).items()}
     row: dict[str, Any] = {
-        "seed": seed,
+        "seed": recipe.seed,
         "width": width,
         "epochs": epochs,
         "train_seconds": round(float(meta["train_seconds"]), 1),
@@ -76,16 +58,6 @@ def run_setting(
         alone = {k: v[h] for k, v in s.items()}
         row[f"L{h + 1}"] = {"hscae": figures(alone, rate), "either": figures(combine(odin, alone), rate)}
     return row
-
-
-def odin_scores(seed: int) -> dict[str, np.ndarray]:
-    """ODIN, fitted and tuned as ``oodlab bench`` fits it (blind), on the four sets of one seed."""
-    suite = get_suite(SUITE)
-    data = build_suite(suite, seed)
-    base, _ = fit_or_load(replace(suite.train, seed=seed), data.id_train)
-    torch.manual_seed(seed)
-    det = create_detector("odin").fit(base, data.id_train, id_val=data.id_val, ood_val=data.ood_val)
-    return {k: det.score_set(v).numpy() for k, v in _sets(data).items()}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -136,15 +108,18 @@ def main() -> None:
     json_path = args.out.with_suffix(".json")
     rows: list[dict[str, Any]] = json.loads(json_path.read_text()) if json_path.exists() else []
     done = {(r["seed"], r["width"], r["epochs"]) for r in rows}
-    odin: dict[str, np.ndarray] | None = None
-    for spec in args.settings.split(","):
-        width, epochs = (int(v) for v in spec.lower().split("x"))
-        if (args.seed, width, epochs) in done:
-            continue
-        if odin is None:
-            odin = odin_scores(args.seed)
+    todo = [tuple(int(v) for v in spec.lower().split("x")) for spec in args.settings.split(",")]
+    todo = [(w, e) for w, e in todo if (args.seed, w, e) not in done]
+    if not todo:
+        return
+    suite = get_suite(SUITE)
+    data = build_suite(suite, args.seed)
+    recipe = replace(suite.train, seed=args.seed)
+    base, _ = fit_or_load(recipe, data.id_train)
+    odin, _ = post_hoc_scores("odin", base, data, args.seed)
+    for width, epochs in todo:
         t0 = time.perf_counter()
-        row = run_setting(args.seed, width, epochs, args.accept_rate, odin)
+        row = run_setting(data, recipe, base, width, epochs, args.accept_rate, odin)
         # Re-read: another process may have added rows for other settings meanwhile.
         rows = json.loads(json_path.read_text()) if json_path.exists() else []
         rows.append(row)
